@@ -1,0 +1,13 @@
+"""Pure-JAX primitives: generalised contraction with convolution modes, and linear algebra."""
+
+from tnjax.ops import linalg
+from tnjax.ops.contraction import ContractionPlan, PathCost, clear_plan_cache, contract, contract_path
+
+__all__ = [
+    "contract",
+    "contract_path",
+    "ContractionPlan",
+    "PathCost",
+    "clear_plan_cache",
+    "linalg",
+]
