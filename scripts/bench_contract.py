@@ -57,15 +57,24 @@ CASES = {
 
 
 def median_times(fns: dict, reps: int) -> dict[str, float]:
-    for f, args in fns.values():  # compile and warm up
+    """Median over `reps` interleaved rounds of the best time of a short burst per round."""
+    burst = {}
+    for k, (f, args) in fns.items():  # compile, warm up, size the bursts (~20 ms each)
         jax.block_until_ready(f(*args))
+        t0 = time.perf_counter()
         jax.block_until_ready(f(*args))
+        burst[k] = max(1, min(50, int(0.02 / max(time.perf_counter() - t0, 1e-7))))
     times = {k: [] for k in fns}
-    for _ in range(reps):  # interleaved so that machine noise hits every entry alike
-        for k, (f, args) in fns.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times[k].append(time.perf_counter() - t0)
+    names = list(fns)
+    for r in range(reps):  # rotate the order so that machine noise hits every entry alike
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            f, args = fns[k]
+            best = float("inf")
+            for _ in range(burst[k]):
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(*args))
+                best = min(best, time.perf_counter() - t0)
+            times[k].append(best)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -85,7 +94,7 @@ def run_case(name: str, reps: int) -> dict:
         ),
     }
     for cand, pc in plan.candidates.items():
-        if pc.seconds < 50 * plan.cost.seconds:  # skip hopeless paths (seconds each)
+        if pc.seconds < 20 * plan.cost.seconds:  # skip hopeless paths (as autotune does)
             fns[f"path {cand}"] = (
                 jax.jit(lambda *o, p=pc.path: contract(spec, *o, optimize=p)),
                 (x, *cores),

@@ -1,0 +1,53 @@
+"""Smoke tests of the README's main job and of the contract benchmark (no timing asserts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(args, tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_demo_decomposes_applies_and_reports(tmp_path):
+    out_json = tmp_path / "demo.json"
+    stdout = _run(["scripts/demo.py", "--json", str(out_json)], tmp_path)
+    assert "TT-matrix" in stdout and "CP" in stdout
+    rows = json.loads(out_json.read_text())
+    assert len(rows) == 2
+    for r in rows:
+        assert r["params"] < r["dense_params"] / 10
+        assert r["flops"] < r["dense_flops"]
+        # kernels were planted at the demo's rank plus a few percent of noise
+        assert r["kernel_rel_error"] < 0.1, r
+        assert abs(r["output_rel_error"] - r["kernel_rel_error"]) < 0.1, r
+
+
+def test_contract_benchmark_runs_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    stdout = _run(
+        [
+            "scripts/bench_contract.py",
+            "--reps",
+            "2",
+            "--cases",
+            "ttm_1024x1024_r8_B1",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
+    assert "jnp.einsum default" in stdout
+    (res,) = json.loads(out.read_text())["results"]
+    assert {"dense", "jnp.einsum default", "contract (cost model)", "contract (autotune)"} <= set(
+        res["times_ms"]
+    )
+    assert res["chosen_by_autotune"] in res["plan"]
