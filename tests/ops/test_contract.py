@@ -339,3 +339,11 @@ def test_bad_options_raise_value_error():
         contract("bhws,hwst->bhwt|hw", x, w, strides=(1, 1, 1))
     with pytest.raises(ValueError, match="padding"):
         contract("bhws,hwst->bhwt|hw", x, w, padding="FULL")
+
+
+def test_mixed_dtypes_promote_like_einsum():
+    a = jnp.ones((3, 4), jnp.bfloat16)
+    b = jnp.ones((4, 5), jnp.float32)
+    got = contract("ij,jk->ik", a, b)
+    assert got.dtype == jnp.einsum("ij,jk->ik", a, b).dtype
+    np.testing.assert_allclose(got, 4 * np.ones((3, 5)))

@@ -1161,6 +1161,9 @@ def contract(
     """
     with jax.named_scope("tnjax.ops.contract"):
         arrays = [jnp.asarray(x) for x in operands]
+        if arrays:  # lax.dot_general/conv need one dtype; promote like jnp.einsum does
+            common = jnp.result_type(*arrays)
+            arrays = [x if x.dtype == common else x.astype(common) for x in arrays]
         shapes = tuple(tuple(int(n) for n in x.shape) for x in arrays)
         dtypes = tuple(np.dtype(x.dtype).name for x in arrays)
         cache = autotune_cache or os.environ.get("TNJAX_AUTOTUNE_CACHE") or None

@@ -1,0 +1,191 @@
+"""Tests of tnjax.nn.Linear against the dense layer built from its reconstructed kernel."""
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from tnjax.nn import Core, Linear
+from tnjax.nn.linear import LINEAR_FORMATS, _max_ranks, linear_layout
+
+FORMATS = list(LINEAR_FORMATS)
+
+
+def _dense(layer, x):
+    y = x @ layer.kernel()
+    return y + layer.bias[...] if layer.bias is not None else y
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n_in,n_out", [(24, 30), (17, 12)])  # 17 is prime: padded modes
+def test_forward_equals_dense_from_reconstructed_kernel(fmt, n_in, n_out):
+    layer = Linear(n_in, n_out, format=fmt, rank=3, rngs=nnx.Rngs(0))
+    layer.bias[...] = jnp.arange(n_out, dtype=jnp.float32) / n_out
+    for shape in [(5, n_in), (2, 3, n_in), (n_in,)]:
+        x = jax.random.normal(jax.random.key(1), shape)
+        want = _dense(layer, x)
+        if len(shape) == 2:  # eager once; jit for every shape
+            np.testing.assert_allclose(layer(x), want, rtol=1e-4, atol=1e-5)
+        got = nnx.jit(lambda m, v: m(v))(layer, x)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        assert got.shape == shape[:-1] + (n_out,)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gradients_flow_to_every_core(fmt):
+    layer = Linear(12, 20, format=fmt, rank=2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (4, 12))
+
+    def loss(m):
+        return jnp.sum(m(x) ** 2)
+
+    grads = nnx.grad(loss)(layer)
+    core_grads = jax.tree.leaves(nnx.state(grads, Core))
+    assert len(core_grads) == len(layer.cores)
+    assert all(float(jnp.abs(g).max()) > 0 for g in core_grads)
+
+
+def test_parameter_counts_equal_closed_forms():
+    rows, cols = (4, 7, 4, 7), (4, 4, 8, 4)  # the Bayes paper's MNIST fc1
+    modes = rows + cols
+
+    def count(fmt, rank):
+        return linear_layout(
+            784, 512, format=fmt, rank=rank, in_modes=rows, out_modes=cols
+        ).num_params
+
+    ttm = linear_layout(784, 512, format="ttm", rank=20, in_modes=rows, out_modes=cols)
+    assert ttm.ranks == (16, 20, 20)  # the first bond cannot exceed 4*4 = 16
+    ranks = (1, 16, 20, 20, 1)
+    assert ttm.num_params == sum(ranks[k] * rows[k] * cols[k] * ranks[k + 1] for k in range(4))
+    rr = (1,) + (3,) * 7 + (1,)
+    assert count("tt", 3) == sum(rr[k] * m * rr[k + 1] for k, m in enumerate(modes))
+    assert count("cp", 50) == 50 * sum(modes)
+    assert count("tucker", 3) == 3**8 + 3 * sum(modes)
+    assert count("tr", 4) == 16 * sum(modes)
+    layer = Linear(784, 512, format="ttm", rank=20, in_modes=rows, out_modes=cols, rngs=nnx.Rngs(0))
+    assert layer.num_params == ttm.num_params
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_initial_kernel_std_matches_dense_initialiser(fmt):
+    layer = Linear(256, 256, format=fmt, rank=4, rngs=nnx.Rngs(3))
+    std = float(jnp.std(layer.kernel()))
+    assert 0.6 / 16 < std < 1.6 / 16, std  # LeCun normal: 1/sqrt(256)
+
+
+LENET_RESNET_LINEAR = [(400, 120), (120, 84), (84, 10), (64, 10), (784, 512), (256, 256)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("c", [0.02, 0.05, 0.1, 0.2])
+def test_compression_budget(fmt, c):
+    """Within 10% of the budget, or the nearest feasible with a warning naming it."""
+    for n_in, n_out in LENET_RESNET_LINEAR:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layout = linear_layout(n_in, n_out, format=fmt, compression=c)
+        measured = layout.num_params / (n_in * n_out)
+        if abs(measured / c - 1) > 0.1:
+            assert any("budget" in str(w.message) for w in caught), (n_in, n_out, measured)
+            assert n_in * n_out <= 840, (fmt, c, n_in, n_out, measured)  # 84x10, 64x10 only
+
+
+@pytest.mark.parametrize("c", [0.02, 0.05, 0.1, 0.2])
+def test_compression_budget_met_on_lenet_and_mlp_layers(c):
+    for fmt in FORMATS:
+        for n_in, n_out in [(400, 120), (784, 512), (256, 256)]:
+            layout = linear_layout(n_in, n_out, format=fmt, compression=c)
+            measured = layout.num_params / (n_in * n_out)
+            assert abs(measured / c - 1) <= 0.1, (fmt, c, n_in, n_out, measured, layout.ranks)
+
+
+def test_compressed_layer_reports_measured_fraction():
+    layer = Linear(400, 120, format="tt", compression=0.1, rngs=nnx.Rngs(0))
+    cost = layer.cost((8, 400))
+    assert cost["params"] == layer.num_params == layer.layout.num_params
+    assert abs(cost["params"] / cost["dense_params"] / 0.1 - 1) <= 0.1
+    assert cost["dense_flops"] == 2 * 8 * 400 * 120 and cost["flops"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["ttm", "tt", "tucker", "tr"])
+def test_from_linear_full_rank_reproduces_and_error_falls_with_rank(fmt):
+    dense = nnx.Linear(24, 18, rngs=nnx.Rngs(4))
+    dense.bias[...] = jnp.linspace(-1, 1, 18)
+    x = jax.random.normal(jax.random.key(5), (7, 24))
+    probe = linear_layout(24, 18, format=fmt, rank=1)
+    full = max(_max_ranks(fmt, probe.in_modes, probe.out_modes))
+    layer = Linear.from_linear(dense, format=fmt, rank=full)
+    want = dense(x)
+    np.testing.assert_allclose(layer(x), want, rtol=1e-4, atol=1e-4)
+    errors = []
+    for r in (1, 2, 4, 8):
+        approx = Linear.from_linear(dense, format=fmt, rank=min(r, full))
+        errors.append(float(jnp.linalg.norm(approx(x) - want) / jnp.linalg.norm(want)))
+    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:], strict=False)), errors
+
+
+def test_from_linear_cp_at_full_matrix_rank_is_an_svd():
+    kernel = jax.random.normal(jax.random.key(6), (10, 8))
+    layer = Linear.from_linear(kernel, format="cp", rank=8, num_modes=1)
+    np.testing.assert_allclose(layer.kernel(), kernel, rtol=1e-3, atol=1e-3)
+
+
+def test_mixed_small_model_trains():
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = Linear(36, 48, format="ttm", rank=4, rngs=rngs)
+            self.l2 = Linear(48, 3, format="cp", rank=6, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jax.nn.relu(self.l1(x)))
+
+    key = jax.random.key(7)
+    x = jax.random.normal(key, (128, 36))
+    y = jnp.argmax(x[:, :3], axis=-1)
+    model = Model(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return loss
+
+    losses = [float(step(model, opt)) for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+BAD = [
+    (dict(format="svd", rank=2), "format"),
+    (dict(format="ttm"), "exactly one"),
+    (dict(format="ttm", rank=2, compression=0.1), "exactly one"),
+    (dict(format="ttm", rank=10_000), "maxima"),
+    (dict(format="ttm", rank=2, in_modes=(4, 5), out_modes=(6, 5)), "multiply to 20"),
+    (dict(format="cp", compression=1.5), "compression"),
+]
+
+
+@pytest.mark.parametrize("kwargs,needle", BAD)
+def test_bad_arguments_raise_value_error(kwargs, needle):
+    with pytest.raises(ValueError) as err:
+        Linear(24, 30, rngs=nnx.Rngs(0), **kwargs)
+    assert needle in str(err.value), str(err.value)
+    layer = Linear(24, 30, format="tt", rank=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="24"):
+        layer(jnp.ones((3, 25)))
+
+
+def test_cores_are_selectable_with_filters():
+    layer = Linear(24, 30, format="tt", rank=2, rngs=nnx.Rngs(0))
+    cores = jax.tree.leaves(nnx.state(layer, Core))
+    assert len(cores) == len(layer.cores)
+    assert sum(math.prod(c.shape) for c in cores) == layer.num_params
