@@ -42,7 +42,7 @@ def _rel(a, b) -> float:
 
 
 def linear_demo(key) -> dict:
-    rows, cols, rank, batch = (4, 4, 8, 8), (4, 4, 8, 8), 8, 256
+    rows, cols, rank, batch = (4, 4, 8, 8), (4, 4, 8, 8), 8, 32
     k1, k2, k3 = jax.random.split(key, 3)
     planted = tnjax.TTMatrix.random(k1, rows, cols, rank, std=1.0)
     kernel = planted.to_dense()
@@ -129,14 +129,14 @@ def main() -> None:
         f"tnjax {tnjax.__version__} on {jax.default_backend()} ({jax.device_count()} device(s))\n"
     )
     header = (
-        f"{'layer':<44} {'rank':>4} {'params':>9} {'x dense':>8} {'FLOPs x dense':>13} "
+        f"{'layer':<58} {'rank':>4} {'params':>9} {'x dense':>8} {'FLOPs x dense':>13} "
         f"{'kernel err':>10} {'output err':>10} {'time x dense':>12}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['layer']:<44} {r['rank']:>4} {r['params']:>9,} "
+            f"{r['layer']:<58} {r['rank']:>4} {r['params']:>9,} "
             f"{r['params'] / r['dense_params']:>8.4f} {r['flops'] / r['dense_flops']:>13.4f} "
             f"{r['kernel_rel_error']:>10.2e} {r['output_rel_error']:>10.2e} "
             f"{r['ms'] / r['dense_ms']:>12.3f}"

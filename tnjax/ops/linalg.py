@@ -175,10 +175,12 @@ def rank_for_tolerance(s: ArrayLike, rtol: float, *, norm: float | None = None) 
     """Smallest rank whose truncation error is within a relative tolerance.
 
     Returns the smallest ``k >= 1`` with ``||S[k:]|| <= rtol * ||S||``; when `norm` (the
-    Frobenius norm of the whole matrix) is given, the discarded energy is measured as
-    ``norm**2 - sum(S[:k]**2)`` and the bound is ``rtol * norm``, which is correct when
-    `S` holds only the leading singular values. Returns ``len(S)`` when no shorter
-    truncation meets the bound. Host-side: `s` must be concrete (not traced).
+    Frobenius norm of the whole matrix) is given, the energy ``norm**2 - ||S||**2`` of the
+    singular values not in `S` is added to every tail and the bound is ``rtol * norm``,
+    which is correct when `S` holds only the leading singular values (the residual then
+    carries the rounding error of `norm`, so tolerances below ~sqrt(eps) are not met).
+    Returns ``len(S)`` when no shorter truncation meets the bound. Host-side: `s` must be
+    concrete (not traced).
 
     Args:
       s: (r,) singular values in descending order.
@@ -200,13 +202,15 @@ def rank_for_tolerance(s: ArrayLike, rtol: float, *, norm: float | None = None) 
     if r == 0:
         return 0
     sq = s * s
-    if norm is None:
-        # tail2[k] = sum(S[k:]**2), summed from the small end for accuracy.
-        tail2 = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
-        total2 = tail2[0]
-    else:
-        total2 = float(norm) ** 2
-        tail2 = np.maximum(total2 - np.concatenate([[0.0], np.cumsum(sq)]), 0.0)
+    # tail2[k] = sum(S[k:]**2), summed from the small end: subtracting from the total
+    # instead would lose small tails (rtol ~ 1e-4) to cancellation.
+    tail2 = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
+    total2 = tail2[0]
+    if norm is not None:
+        # Energy outside the given singular values counts as discarded.
+        residual2 = max(float(norm) ** 2 - total2, 0.0)
+        tail2 = tail2 + residual2
+        total2 = max(float(norm) ** 2, total2)
     bound2 = (rtol**2) * total2
     ok = np.nonzero(tail2[1:] <= bound2)[0]
     if ok.size == 0:
@@ -269,5 +273,8 @@ def svd_with_tolerance(
             if not atol >= 0:
                 raise ValueError(f"svd_with_tolerance: atol must be >= 0, got {atol}.")
             rtol = atol / norm if norm > 0 else math.inf
-        k = max(rank_for_tolerance(s, rtol, norm=norm), 1)
+        # With every singular value at hand the tail is exact; only a truncated spectrum
+        # needs the matrix norm for the energy it misses.
+        complete = s.shape[0] == min(a.shape)
+        k = max(rank_for_tolerance(s, rtol, norm=None if complete else norm), 1)
         return u[:, :k], s[:k], vt[:k]
