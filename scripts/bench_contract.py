@@ -150,7 +150,33 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    print(f"\nwrote {args.out}")
+    md = os.path.splitext(args.out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(markdown_table(meta, results))
+    print(f"\nwrote {args.out} and {md}")
+
+
+def markdown_table(meta: dict, results: list[dict]) -> str:
+    """The figures of one run as a markdown table (times are medians, ratios to dense)."""
+    lines = [
+        f"Machine: {meta['machine']}, {meta['cpu_count']} CPUs, backend {meta['backend']}, "
+        f"jax {meta['jax']}; {meta['reps']} interleaved rounds, median of best-of-burst.",
+        "",
+        "| case | dense ms | jnp.einsum default | contract (cost model) | contract (autotune) "
+        "| fastest candidate | FLOPs chosen / dense | FLOP-optimal / dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        t, q = r["times_ms"], r["ratio_to_dense"]
+        fastest = min((k for k in t if k.startswith("path ")), key=t.get)
+        lines.append(
+            f"| {r['case']} | {t['dense']:.3f} | {q['jnp.einsum default']:.3f}x "
+            f"| {q['contract (cost model)']:.3f}x ({r['chosen_by_cost_model']}) "
+            f"| {q['contract (autotune)']:.3f}x ({r['chosen_by_autotune']}) "
+            f"| {q[fastest]:.3f}x ({fastest[5:]}) | {r['flops_ratio_chosen']:.3f} "
+            f"| {r['flops_ratio_flop_optimal']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -2,5 +2,5 @@
 # Set up (if needed) and run the test suite. Extra arguments go to pytest.
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-ruff check tnjax tests scripts experiments configs
+ruff check .
 python -m pytest -n 2 "$@"
