@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ DEFAULT_NUM_MODES = 3
 # A factorisation whose largest mode exceeds this multiple of the balanced size n**(1/d)
 # is replaced by a padded, balanced one (e.g. a prime vocabulary size).
 _MAX_IMBALANCE = 4.0
+# fit_ranks searches rank grids with at most this many points exhaustively when its local
+# search misses the budget.
+_MAX_GRID = 2**14
 
 
 class Core(nnx.Param):
@@ -144,6 +148,14 @@ def fit_ranks(
         if error(cand) >= best_err - 1e-12:
             break
         best, best_err = cand, error(cand)
+    if abs(num_params(best) / budget - 1) > tolerance and math.prod(max_ranks) <= _MAX_GRID:
+        # The local search can stall beside a feasible but unbalanced configuration (e.g.
+        # Tucker-2 ranks (1, 4) of a small conv); small grids are searched exhaustively for
+        # the most balanced ranks within tolerance.
+        grid = itertools.product(*(range(1, m + 1) for m in max_ranks))
+        within = [r for r in grid if abs(num_params(r) / budget - 1) <= tolerance]
+        if within:
+            best = min(within, key=lambda r: (max(r) / min(r), error(r)))
     reached = num_params(best) / budget
     if abs(reached - 1) > tolerance:
         warnings.warn(
