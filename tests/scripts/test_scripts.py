@@ -51,3 +51,20 @@ def test_contract_benchmark_runs_and_writes_json(tmp_path):
         res["times_ms"]
     )
     assert res["chosen_by_autotune"] in res["plan"]
+
+
+def test_main_job_quick_variant_prints_a_results_table(tmp_path):
+    """The README's first command, in its quick form (the full run is the same config)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TNJAX_RUNS=str(tmp_path))
+    proc = subprocess.run(
+        ["bash", "scripts/demo.sh", "--quick"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "| run | data |" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| lenet5_dense"))
+    accuracy = float(row.split("|")[4].strip().rstrip("%"))
+    assert accuracy > 70.0, row
+    summary = json.loads((tmp_path / "quick" / "lenet5_dense" / "summary.json").read_text())
+    assert summary["dataset"] == "fashion_mnist" and summary["steps"] == 150
+    assert (tmp_path / "quick" / "lenet5_dense" / "curves.png").exists()

@@ -1,0 +1,124 @@
+"""Shared pieces of the config files: argument parsing and the base config.
+
+A config file's `get_config(arg)` takes the text after the colon of
+`--config=configs/NAME.py:ARG`, a comma-separated list of `key=value` pairs and bare flags,
+e.g. `quick,format=tt,rank=8`. Only ml_collections is imported here (configs are data).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+__all__ = ["parse_arg", "base_config", "layers_config"]
+
+
+def _convert(key: str, text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if text.lower() in ("", "1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"config arg {key}={text!r}: expected true or false")
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(
+            f"config arg {key}={text!r}: expected a {type(default).__name__}"
+        ) from None
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses "quick,format=tt,rank=8" against `defaults` (which also give the types).
+
+    Raises:
+      ValueError: naming an unknown key (and listing the known ones) or a bad value.
+    """
+    values = dict(defaults)
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"unknown config arg {key!r}; this config takes: {', '.join(sorted(defaults))}"
+            )
+        values[key] = _convert(key, text.strip(), defaults[key])
+    return ml_collections.ConfigDict(values)
+
+
+def layers_config(
+    format: str = "dense", rank: int = 0, compression: float = 0.0, conv_format: str = ""
+) -> ml_collections.ConfigDict:
+    """`config.model.layers`: the default layer spec and per-layer overrides.
+
+    rank 0 and compression 0.0 mean "not set"; conv_format "" means "same as format". The
+    model's first conv and last dense layer stay dense unless an override names them.
+    """
+    return ml_collections.ConfigDict(
+        {
+            "default": {
+                "format": format,
+                "rank": rank,
+                "compression": compression,
+                "conv_format": conv_format,
+                "num_modes": 0,
+            },
+            "overrides": {},
+        }
+    )
+
+
+def base_config(name: str) -> ml_collections.ConfigDict:
+    """Fields every training config has; a config file fills in the rest."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.trainer = "train"
+    c.task = "classification"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(
+        {
+            "name": "fashion_mnist",
+            "source": "auto",  # auto: local files if found, else TFDS; or "local", "tfds"
+            "data_dir": "",  # default: $TNJAX_DATA_DIR
+            "tfds_data_dir": "",
+            "num_train": 0,  # 0: all
+            "num_test": 0,
+            "augment": "none",
+        }
+    )
+    c.model = ml_collections.ConfigDict({"name": "", "layers": layers_config(), "kwargs": {}})
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "adam",
+            "learning_rate": 1e-3,
+            "schedule": "cosine",
+            "warmup_steps": 0,
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "grad_clip": 0.0,
+        }
+    )
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.num_steps = 0  # 0: use num_epochs
+    c.num_epochs = 1.0
+    c.log_every = 100
+    c.eval_every = 0  # 0: only at the end
+    c.checkpoint_every = 1000
+    c.max_checkpoints = 3
+    c.tensorboard = True
+    c.debug = ml_collections.ConfigDict({"kill_at_step": -1})  # tests: SIGKILL after this step
+    return c
+
+
+def apply_layers(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
+    """Copies the common layer args (format, rank, compression, conv_format) into c.model."""
+    d = c.model.layers.default
+    d.format = args.format
+    d.rank = args.rank
+    d.compression = args.compression
+    d.conv_format = args.get("conv_format", "")

@@ -1,0 +1,140 @@
+"""Every config's quick variant end to end, plus config parsing and the CLI's error paths."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import common
+from experiments import main as launcher
+from experiments import metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = sorted(
+    os.path.basename(p)[:-3]
+    for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+    if not os.path.basename(p).startswith(("_", "common"))
+)
+FASHION = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+# Quick variants that read Fashion-MNIST, and the accuracy they must beat (chance is 0.1).
+MIN_ACCURACY = {"lenet5": 0.7, "mlp": 0.7, "dlrm": 0.6}
+
+
+def _config(name: str, arg: str = "quick"):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def test_every_config_is_listed():
+    assert {"lenet5", "mlp", "resnet_cifar", "resnet50_imagenet", "dlrm"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_quick_variant_runs_end_to_end(name, tmp_path):
+    config = _config(name)
+    if config.data.name == "fashion_mnist" and not os.path.exists(FASHION):
+        pytest.skip("needs `apt-get install dataset-fashion-mnist` (scripts/test.sh installs it)")
+    summary = launcher.run(config, str(tmp_path))
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(
+        json.dumps(summary, default=list)
+    )
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "params",
+        "dense_equivalent_params",
+        "compression",
+        "flops_per_example",
+        "flops_ratio",
+        "layers",
+        "steps",
+        "wall_time_sec",
+    ):
+        assert key in summary, key
+    assert np.isfinite(summary["test_loss"])
+    assert summary["test_accuracy"] > MIN_ACCURACY.get(name, 0.0)
+    assert summary["params"] == summary["dense_equivalent_params"]  # quick variants are dense
+    assert summary["compression"] == 1.0 and summary["flops_ratio"] == 1.0
+    records = metrics.read_metrics(str(tmp_path))
+    assert [r["step"] for r in records if r["split"] == "train"][-1] == config.num_steps
+    assert records[-1]["split"] == "test"
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    assert os.path.isdir(tmp_path / "checkpoints" / str(config.num_steps))
+
+
+def test_tensorized_lenet5_reports_formats_ranks_and_compression(tmp_path):
+    config = _config("lenet5", "quick,format=tt,rank=4,conv_format=rcp,dataset=synthetic")
+    config.num_steps = 20
+    summary = launcher.run(config, str(tmp_path))
+    by_name = {layer["name"]: layer for layer in summary["layers"]}
+    assert by_name["conv1"]["format"] == "dense" and by_name["fc3"]["format"] == "dense"
+    assert by_name["conv2"]["format"] == "rcp"
+    assert by_name["fc1"]["format"] == "tt" and by_name["fc2"]["format"] == "tt"
+    assert max(by_name["fc1"]["ranks"]) <= 4
+    assert summary["params"] < summary["dense_equivalent_params"]
+    assert summary["compression"] == pytest.approx(
+        summary["params"] / summary["dense_equivalent_params"]
+    )
+    assert summary["flops_per_example"] == sum(layer["flops"] for layer in summary["layers"])
+
+
+def test_parse_arg_types_and_unknown_keys():
+    c = common.parse_arg(
+        "quick,rank=8,compression=0.1,format=tt",
+        quick=False,
+        rank=0,
+        compression=0.0,
+        format="dense",
+    )
+    assert (c.quick, c.rank, c.compression, c.format) == (True, 8, 0.1, "tt")
+    with pytest.raises(ValueError, match="unknown config arg 'quik'"):
+        common.parse_arg("quik", quick=False)
+    with pytest.raises(ValueError, match="rank='eight'"):
+        common.parse_arg("rank=eight", rank=0)
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_rejects_a_mistyped_override(tmp_path):
+    proc = _cli(
+        "--config=configs/lenet5.py:quick",
+        "--config.optimizr.learning_rate=0.1",
+        f"--workdir={tmp_path}",
+    )
+    assert proc.returncode != 0
+    assert "optimizr" in proc.stderr
+
+
+def test_cli_rejects_a_mistyped_config_arg(tmp_path):
+    proc = _cli("--config=configs/lenet5.py:quick,rnak=4", f"--workdir={tmp_path}")
+    assert proc.returncode != 0
+    assert "rnak" in proc.stderr
+
+
+def test_cli_names_a_missing_dataset(tmp_path):
+    proc = _cli(
+        "--config=configs/lenet5.py:quick",
+        "--config.data.name=mnist",
+        "--config.data.source=local",
+        f"--config.data.data_dir={tmp_path}/nothing",
+        f"--workdir={tmp_path}/run",
+    )
+    assert proc.returncode == 1
+    assert "TNJAX_DATA_DIR" in proc.stderr and "mnist" in proc.stderr
