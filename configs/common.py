@@ -122,3 +122,37 @@ def apply_layers(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) 
     d.rank = args.rank
     d.compression = args.compression
     d.conv_format = args.get("conv_format", "")
+
+
+def compress_config(name: str) -> ml_collections.ConfigDict:
+    """Fields of the `compress` trainer's configs (the teacher is a `train` config)."""
+    c = ml_collections.ConfigDict()
+    c.name = name
+    c.trainer = "compress"
+    c.seed = 0
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher_workdir = ""  # default WORKDIR/teacher
+    c.format = "rcp"
+    c.linear_format = ""  # default: the same as format
+    c.rate = 0.1
+    c.rate_overrides = {}  # {layer pattern: rate}, e.g. {"conv2": 0.3}; the rest get `rate`
+    c.layers = ()  # fnmatch patterns; empty: all but the first conv and the last dense
+    c.augment = "none"
+    c.batch_size = 128
+    c.eval_batch_size = 1000
+    c.phase1 = ml_collections.ConfigDict({"steps_per_block": 400, "learning_rate": 1e-3})
+    c.phase2 = ml_collections.ConfigDict(
+        {
+            "steps": 940,
+            "learning_rate": 5e-4,
+            "kd_weight": 1.0,
+            "kd_temperature": 4.0,
+            "checkpoint_every": 500,
+        }
+    )
+    c.compare_end_to_end = False
+    c.curve_every = 0  # evaluate every N steps of phase 1 / end-to-end (0: no curves)
+    c.log_every = 100
+    c.tensorboard = True
+    c.debug = ml_collections.ConfigDict({"kill_at_step": -1})
+    return c

@@ -50,6 +50,8 @@ __all__ = [
     "Task",
     "TASKS",
     "build_model",
+    "load_trained",
+    "RunLoop",
     "resolve_num_steps",
     "Trainable",
 ]
@@ -206,9 +208,13 @@ def make_train_step(
     trainable: Trainable,
     tx: optax.GradientTransformation,
     task: Task,
-    extra_loss: Callable[[nnx.Module], jax.Array] | None = None,
+    extra_loss: Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], jax.Array] | None = None,
 ) -> Callable:
-    """A jitted `(state, batch) -> (state, metric sums)` with the NaN/Inf guard."""
+    """A jitted `(state, batch) -> (state, metric sums)` with the NaN/Inf guard.
+
+    `extra_loss(model, batch, outputs)`, if given, is added to the task's loss (e.g. a
+    distillation term or a prior); the logged loss is the task's alone.
+    """
     graph = trainable.train_graph
 
     def loss_fn(params, rest, batch):
@@ -217,7 +223,7 @@ def make_train_step(
         out = model(*task.inputs(batch))
         loss_B, correct_B = task.loss(out, batch["label"])
         loss = jnp.mean(loss_B)
-        total = loss + (extra_loss(model) if extra_loss is not None else 0.0)
+        total = loss + (extra_loss(model, batch, out) if extra_loss is not None else 0.0)
         new_rest = nnx.split(model, nnx.Param, ...)[2]
         return total, (loss, jnp.sum(correct_B), new_rest)
 
@@ -341,12 +347,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     model = build_model(config, ds)
     tx = optim.make_optimizer(config.optimizer, num_steps)
     trainable = Trainable.create(model, tx)
-    run = _RunLoop(config, workdir, task, ds, trainable, tx, num_steps)
+    run = RunLoop(config, workdir, task, ds, trainable, tx, num_steps)
     final = run.train()
     return write_summary(config, workdir, trainable, task, ds, final, run.elapsed, num_steps)
 
 
-class _RunLoop:
+class RunLoop:
     """The loop shared by the trainers: resume, steps, logging, evaluation, checkpoints."""
 
     def __init__(self, config, workdir, task, ds, trainable, tx, num_steps, extra_loss=None):
@@ -480,6 +486,24 @@ class _RunLoop:
                 f"{step}; stopped, {kept} in {self.ckpt.directory}. Lower the learning rate, "
                 "add gradient clipping (config.optimizer.grad_clip), or check the data."
             )
+
+
+def load_trained(
+    config: ml_collections.ConfigDict, workdir: str, ds: input_pipeline.Dataset | None = None
+) -> tuple[Trainable, input_pipeline.Dataset]:
+    """The model `config` trained in `workdir` (its newest checkpoint), and its dataset."""
+    ds = ds if ds is not None else input_pipeline.load_dataset(data_config(config))
+    num_steps = resolve_num_steps(config, ds.num_train)
+    trainable = Trainable.create(
+        build_model(config, ds), optim.make_optimizer(config.optimizer, num_steps)
+    )
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        like = {"train": trainable.state, "elapsed": np.float64(0)}
+        trainable.state = ckpt.restore(like)["train"]
+    finally:
+        ckpt.close()
+    return trainable, ds
 
 
 def write_summary(

@@ -32,13 +32,16 @@ def _config(name: str, arg: str = "quick"):
 
 
 def test_every_config_is_listed():
-    assert {"lenet5", "mlp", "resnet_cifar", "resnet50_imagenet", "dlrm"} <= set(CONFIGS)
+    assert {"lenet5", "mlp", "resnet_cifar", "resnet50_imagenet", "dlrm", "compress_lenet5"} <= set(
+        CONFIGS
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_quick_variant_runs_end_to_end(name, tmp_path):
     config = _config(name)
-    if config.data.name == "fashion_mnist" and not os.path.exists(FASHION):
+    data = config.teacher.data if config.trainer == "compress" else config.data
+    if data.name == "fashion_mnist" and not os.path.exists(FASHION):
         pytest.skip("needs `apt-get install dataset-fashion-mnist` (scripts/test.sh installs it)")
     summary = launcher.run(config, str(tmp_path))
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(
@@ -46,17 +49,22 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     )
     for key in (
         "test_accuracy",
-        "test_loss",
         "params",
         "dense_equivalent_params",
         "compression",
         "flops_per_example",
         "flops_ratio",
         "layers",
-        "steps",
         "wall_time_sec",
     ):
         assert key in summary, key
+    if config.trainer == "compress":
+        _check_compress_summary(config, summary, tmp_path)
+    else:
+        _check_train_summary(name, config, summary, tmp_path)
+
+
+def _check_train_summary(name, config, summary, tmp_path):
     assert np.isfinite(summary["test_loss"])
     assert summary["test_accuracy"] > MIN_ACCURACY.get(name, 0.0)
     assert summary["params"] == summary["dense_equivalent_params"]  # quick variants are dense
@@ -67,6 +75,21 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     assert os.path.isdir(tmp_path / "checkpoints" / str(config.num_steps))
+
+
+def _check_compress_summary(config, summary, tmp_path):
+    acc = summary["accuracy"]
+    assert set(acc) == {"dense", "decomposed", "phase1", "phase2"}
+    assert all(0.0 <= a <= 1.0 for a in acc.values())
+    layers = summary["compressed_layers"]
+    assert layers["fraction"] == pytest.approx(layers["params"] / layers["dense_params"])
+    assert abs(layers["fraction"] / config.rate - 1) <= 0.1
+    assert summary["params"] < summary["dense_equivalent_params"]
+    for row in summary["layers"]:
+        assert row["params"] < row["dense_params"] and row["ranks"]
+    # the teacher was trained, and phase 2 checkpointed, in the workdir
+    assert (tmp_path / "teacher" / "summary.json").exists()
+    assert os.path.isdir(tmp_path / "phase2" / "checkpoints" / str(config.phase2.steps))
 
 
 def test_tensorized_lenet5_reports_formats_ranks_and_compression(tmp_path):

@@ -58,7 +58,11 @@ def test_main_job_quick_variant_prints_a_results_table(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TNJAX_RUNS=str(tmp_path))
     proc = subprocess.run(
         ["bash", "scripts/demo.sh", "--quick"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "| run | data |" in proc.stdout

@@ -14,6 +14,7 @@ from flax import nnx
 from tnjax.formats import modes as modes_lib
 
 __all__ = [
+    "pad_cores",
     "Core",
     "resolve_modes",
     "fit_ranks",
@@ -182,3 +183,38 @@ def dense_init_std(
         shape = shape[:-1] + (max(1, 2**22 // math.prod(shape[:-1])),)
     sample = kernel_init(key, shape, jnp.float32)
     return float(jnp.std(sample))
+
+
+def pad_cores(
+    cores: Sequence[jax.Array],
+    shapes: Sequence[Sequence[int]],
+    key: jax.Array,
+    rel_scale: float = 1e-3,
+) -> list[jax.Array] | None:
+    """Cores of a decomposition grown to the requested ranks, or None if they cannot be.
+
+    Exact decompositions (TT-SVD, TR-SVD, HOSVD) stop at the ranks the tensor's unfoldings
+    allow, e.g. a tensor ring's first two bonds multiply to at most I_1. To keep the layer at
+    the size its budget asked for, each core is zero-padded along its rank axes to `shapes`
+    and the new entries get small noise (`rel_scale` times the core's RMS), so training can
+    use them; the reconstruction moves only to second order in that noise.
+
+    Args:
+      cores: the decomposition's cores.
+      shapes: the requested core shapes (same order and rank; every dim >= the core's).
+    """
+    if len(cores) != len(shapes):
+        return None
+    out = []
+    for core, shape, k in zip(cores, shapes, jax.random.split(key, len(cores)), strict=True):
+        shape = tuple(int(s) for s in shape)
+        if core.ndim != len(shape) or any(c > s for c, s in zip(core.shape, shape, strict=True)):
+            return None
+        if core.shape == shape:
+            out.append(core)
+            continue
+        rms = jnp.sqrt(jnp.mean(jnp.square(core.astype(jnp.float32))))
+        noise = rel_scale * rms * jax.random.normal(k, shape, jnp.float32)
+        inside = tuple(slice(0, c) for c in core.shape)
+        out.append(noise.at[inside].set(core.astype(jnp.float32)).astype(core.dtype))
+    return out

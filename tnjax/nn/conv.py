@@ -52,6 +52,7 @@ from tnjax.nn._common import (
     Core,
     dense_init_std,
     fit_ranks,
+    pad_cores,
     resolve_modes,
     uniform_ranks,
 )
@@ -788,6 +789,9 @@ class Conv(nnx.Module):
         with jax.named_scope("tnjax.nn.Conv.from_conv"):
             tensor = _kernel_to_tensor(probe, jnp.asarray(kernel, jnp.float32))
             cores = _decompose(format, tensor, probe, rngs.params())
+            # keep the budget's ranks where the decomposition stopped short of them
+            grown = pad_cores(cores, probe.core_shapes, rngs.params())
+            cores = grown if grown is not None else cores
         layer = cls(
             n_in,
             n_out,

@@ -1,14 +1,29 @@
 """Tensorized drop-in replacement for `flax.nnx.Linear`.
 
 The (in, out) kernel is reshaped to the tensor (I_1..I_d, J_1..J_d) with
-in_features = prod I (row-major) and out_features = prod J, and stored in a tensor format:
+in_features = prod I (row-major) and out_features = prod J, and stored in a tensor format.
+Plain formats decompose that order-2d tensor (n_1..n_2d = I_1..I_d, J_1..J_d):
 
-  ttm     TT-matrix cores (r_{k-1}, I_k, J_k, r_k)                 (Novikov et al.)
-  tt      TT cores over (I_1..I_d, J_1..J_d): (r_{k-1}, n_k, r_k)
-  tr      tensor-ring cores over the same 2d modes
-  cp      factors (I_k, R) and (J_k, R) (no separate weight vector)
-  tucker  core (R_1..R_2d) and factors (I_k, R_k), (J_k, R_k)
+  cp      factors (n_k, R) (no separate weight vector).        params R sum_k n_k
+  tucker  core (R_1..R_2d) and factors (n_k, R_k).     params prod_k R_k + sum_k n_k R_k
+  tt      TT cores (r_{k-1}, n_k, r_k), r_0 = r_2d = 1.   params sum_k r_{k-1} n_k r_k
+  tr      tensor-ring cores (r_{k-1}, n_k, r_k), r_0 = r_2d.   params sum_k r_{k-1} n_k r_k
+  ttm     TT-matrix cores (r_{k-1}, I_k, J_k, r_k), r_0 = r_d = 1 (Novikov et al.).
+                                                      params sum_k r_{k-1} I_k J_k r_k
 
+Reshaped formats (Su et al.; the TNN paper, section 3) decompose instead the order-d
+tensor with the paired modes (I_1 J_1, ..., I_d J_d) (I_k major), so input mode I_k and
+output mode J_k share one core; they are the reshaped convolutions of `tnjax.nn.Conv`
+without a spatial core (a Linear is a 1x1 conv), so a whole network can use one format:
+
+  rcp     CP factors (I_k, J_k, R).                            params R sum_k I_k J_k
+  rtk     Tucker core (R_1..R_d) and factors (I_k, J_k, R_k).
+                                              params prod_k R_k + sum_k R_k I_k J_k
+  rtt     TT over the pairs, which is exactly ttm: the same cores, ranks and spec
+          (`format` stays "rtt").
+  rtr     TR cores (r_{k-1}, I_k, J_k, r_k), r_0 = r_d.   params sum_k r_{k-1} I_k J_k r_k
+
+E.g. RCP with d = 3 is the spec "Zabc,adg,beg,cfg->Zdef" over x (Z, I_1, I_2, I_3).
 The forward pass is one `tnjax.ops.contract` call over the input and the cores; its planner
 picks the order for the actual batch size, which includes "reconstruct the kernel, then one
 matmul" when that is cheaper.
@@ -32,125 +47,182 @@ from tnjax.nn._common import (
     Core,
     dense_init_std,
     fit_ranks,
+    pad_cores,
     resolve_modes,
     uniform_ranks,
 )
 from tnjax.ops import contract, contract_path
 
-__all__ = ["Linear", "LinearLayout", "linear_layout", "LINEAR_FORMATS"]
+__all__ = ["Linear", "LinearLayout", "linear_layout", "LINEAR_FORMATS", "RESHAPED_LINEAR_FORMATS"]
 
-LINEAR_FORMATS = ("cp", "tucker", "tt", "ttm", "tr")
+LINEAR_FORMATS = ("cp", "tucker", "tt", "ttm", "tr", "rcp", "rtk", "rtt", "rtr")
+RESHAPED_LINEAR_FORMATS = ("rcp", "rtk", "rtt", "rtr")
 _ZEROS = nnx.initializers.zeros_init()
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXY"  # "Z" is the batch mode
+# The format each one decomposes with. A reshaped format applies its plain one to the
+# tensor whose modes are the pairs (I_k J_k); "ttm" already pairs them, so "rtt" is "ttm".
+_BASE = {"rcp": "cp", "rtk": "tucker", "rtt": "ttm", "rtr": "tr"}
+_FORMAT_CLASSES = {"cp": formats.CP, "tucker": formats.Tucker, "tt": formats.TT, "tr": formats.TR}
+_RANK_ORDER = {
+    "cp": "(R,)",
+    "tucker": "(R_1..R_2d), one per mode of (I_1..I_d, J_1..J_d)",
+    "tt": "(r_1..r_{2d-1})",
+    "ttm": "(r_1..r_{d-1})",
+    "tr": "(r_0..r_{2d-1})",
+    "rcp": "(R,)",
+    "rtk": "(R_1..R_d), one per pair I_k J_k",
+    "rtt": "(r_1..r_{d-1})",
+    "rtr": "(r_0..r_{d-1})",
+}
 
 
 # --------------------------------------------------------------------------- format algebra
 # Each function below is pure Python on static sizes: core shapes, rank bounds, counts, specs.
 
 
-def _num_ranks(fmt: str, d: int) -> int:
-    return {"cp": 1, "tucker": 2 * d, "tt": 2 * d - 1, "ttm": d - 1, "tr": 2 * d}[fmt]
+def _base_format(fmt: str) -> str:
+    """The format whose decomposition (and core layout) `fmt` uses."""
+    if fmt not in LINEAR_FORMATS:
+        raise ValueError(f"format={fmt!r} is not one of {LINEAR_FORMATS}")
+    return _BASE.get(fmt, fmt)
 
 
-def _core_shapes(fmt: str, rows: tuple[int, ...], cols: tuple[int, ...], ranks: tuple[int, ...]):
-    modes = rows + cols
-    if fmt == "ttm":
-        r = (1,) + ranks + (1,)
-        return [(r[k], rows[k], cols[k], r[k + 1]) for k in range(len(rows))]
-    if fmt == "tt":
-        r = (1,) + ranks + (1,)
-        return [(r[k], n, r[k + 1]) for k, n in enumerate(modes)]
-    if fmt == "tr":
-        n = len(modes)
-        return [(ranks[k], m, ranks[(k + 1) % n]) for k, m in enumerate(modes)]
-    if fmt == "cp":
-        return [(m, ranks[0]) for m in modes]
-    if fmt == "tucker":
-        return [tuple(ranks)] + [(m, r) for m, r in zip(modes, ranks, strict=True)]
-    raise ValueError(f"format={fmt!r} is not one of {LINEAR_FORMATS}")
+def _tensor_modes(fmt: str, rows: tuple[int, ...], cols: tuple[int, ...]) -> list[list[int]]:
+    """Modes of the tensor the format decomposes, as the kernel modes each one merges.
+
+    Kernel modes are numbered I_1..I_d = 0..d-1 and J_1..J_d = d..2d-1: plain formats
+    decompose (I_1..I_d, J_1..J_d), paired ones (I_1 J_1, ..., I_d J_d) (I_k major).
+    """
+    d = len(rows)
+    if _base_format(fmt) == "ttm" or fmt in RESHAPED_LINEAR_FORMATS:
+        return [[k, d + k] for k in range(d)]
+    return [[k] for k in range(2 * d)]
+
+
+def _tensor_shape(fmt: str, rows: tuple[int, ...], cols: tuple[int, ...]) -> tuple[int, ...]:
+    sizes = rows + cols
+    return tuple(math.prod(sizes[a] for a in mode) for mode in _tensor_modes(fmt, rows, cols))
+
+
+def _core_axes(fmt: str, rows, cols, ranks) -> list[list[tuple[str, int]]]:
+    """The stored cores, each a list of its axes (einsum letter, size).
+
+    Kernel mode a has the letter `_LETTERS[a]`, the bonds the letters after the 2d modes.
+    """
+    base = _base_format(fmt)
+    d = len(rows)
+    sizes = rows + cols
+    tmodes = [[(_LETTERS[a], sizes[a]) for a in mode] for mode in _tensor_modes(fmt, rows, cols)]
+    n = len(tmodes)
+    rk = _LETTERS[2 * d :]
+    if base in ("tt", "ttm"):  # open chain: boundary bonds of size 1
+        r = (1, *ranks, 1)
+        return [[(rk[k], r[k]), *tmodes[k], (rk[k + 1], r[k + 1])] for k in range(n)]
+    if base == "tr":
+        return [
+            [(rk[k], ranks[k]), *m, (rk[(k + 1) % n], ranks[(k + 1) % n])]
+            for k, m in enumerate(tmodes)
+        ]
+    if base == "cp":
+        return [[*m, (rk[0], ranks[0])] for m in tmodes]
+    bonds = [(rk[k], r) for k, r in enumerate(ranks)]  # tucker: core first
+    return [bonds] + [[*m, bonds[k]] for k, m in enumerate(tmodes)]
+
+
+def _core_shapes(fmt: str, rows, cols, ranks) -> list[tuple[int, ...]]:
+    return [tuple(n for _, n in core) for core in _core_axes(fmt, rows, cols, ranks)]
 
 
 def _max_ranks(fmt: str, rows: tuple[int, ...], cols: tuple[int, ...]) -> tuple[int, ...]:
-    modes = rows + cols
+    """Largest useful rank per bond, from the modes of the decomposed tensor."""
+    base = _base_format(fmt)
+    modes = _tensor_shape(fmt, rows, cols)
     total = math.prod(modes)
-    if fmt == "ttm":
-        pairs = [i * j for i, j in zip(rows, cols, strict=True)]
-        return tuple(
-            min(math.prod(pairs[: k + 1]), math.prod(pairs[k + 1 :])) for k in range(len(rows) - 1)
-        )
-    if fmt == "tt":
+    if base in ("tt", "ttm"):
         return tuple(
             min(math.prod(modes[: k + 1]), math.prod(modes[k + 1 :])) for k in range(len(modes) - 1)
         )
-    if fmt == "tr":  # cutting bonds 0 and k: r_0 * r_k <= min(both arcs); r_0 <= I_1
+    if base == "tr":  # cutting bonds 0 and k: r_0 * r_k <= min(both arcs); r_0 <= n_1
         return (modes[0],) + tuple(
             modes[0] * min(math.prod(modes[:k]), math.prod(modes[k:])) for k in range(1, len(modes))
         )
-    if fmt == "cp":
+    if base == "cp":
         return (total // max(modes),)
-    if fmt == "tucker":
-        return tuple(min(m, total // m) for m in modes)
-    raise ValueError(f"format={fmt!r} is not one of {LINEAR_FORMATS}")
+    return tuple(min(m, total // m) for m in modes)  # tucker
 
 
 def _num_params(fmt, rows, cols, ranks) -> int:
     return sum(math.prod(s) for s in _core_shapes(fmt, rows, cols, ranks))
 
 
-def _forward_spec(fmt: str, d: int) -> str:
+def _forward_spec(fmt: str, rows, cols, ranks) -> str:
     """Spec contracting x (Z, I_1..I_d) with the cores into (Z, J_1..J_d)."""
-    ins, outs = _LETTERS[:d], _LETTERS[d : 2 * d]
-    modes = ins + outs
-    rk = _LETTERS[2 * d :]
-    if fmt == "ttm":
-        cores = [f"{rk[k]}{ins[k]}{outs[k]}{rk[k + 1]}" for k in range(d)]
-    elif fmt == "tt":
-        cores = [f"{rk[k]}{m}{rk[k + 1]}" for k, m in enumerate(modes)]
-    elif fmt == "tr":
-        n = 2 * d
-        cores = [f"{rk[k]}{m}{rk[(k + 1) % n]}" for k, m in enumerate(modes)]
-    elif fmt == "cp":
-        cores = [f"{m}{rk[0]}" for m in modes]
-    else:  # tucker
-        cores = [rk[: 2 * d]] + [f"{m}{rk[k]}" for k, m in enumerate(modes)]
-    return "Z" + ins + "," + ",".join(cores) + "->Z" + outs
+    d = len(rows)
+    cores = ["".join(c for c, _ in core) for core in _core_axes(fmt, rows, cols, ranks)]
+    return f"Z{_LETTERS[:d]}," + ",".join(cores) + f"->Z{_LETTERS[d : 2 * d]}"
+
+
+def _format_rank(fmt: str, ranks: tuple[int, ...]) -> Any:
+    """The `rank` argument of the base format's `random`/`from_dense`."""
+    base = _base_format(fmt)
+    if base == "cp":
+        return ranks[0]
+    return (1, *ranks, 1) if base in ("tt", "ttm") else tuple(ranks)
+
+
+def _cores_of(t: Any) -> list[jax.Array]:
+    """Cores of a format object over the decomposed tensor (CP weights folded in)."""
+    if isinstance(t, formats.CP):
+        factors = list(t.factors)
+        factors[0] = factors[0] * t.weights[None, :]
+        return factors
+    if isinstance(t, formats.Tucker):
+        return [t.core, *t.factors]
+    return list(t.cores)
+
+
+def _ranks_of_cores(fmt: str, cores: Sequence[jax.Array]) -> tuple[int, ...]:
+    """Ranks of cores over the decomposed tensor, with or without its modes split."""
+    base = _base_format(fmt)
+    if base in ("ttm", "tt"):
+        return tuple(int(c.shape[-1]) for c in cores[:-1])
+    if base == "tr":
+        return tuple(int(c.shape[0]) for c in cores)
+    if base == "cp":
+        return (int(cores[0].shape[-1]),)
+    return tuple(int(n) for n in cores[0].shape)
+
+
+def _split_cores(fmt, cores, rows, cols) -> list[jax.Array]:
+    """Cores over the (merged) tensor modes -> the stored cores (paired modes split)."""
+    shapes = _core_shapes(fmt, rows, cols, _ranks_of_cores(fmt, cores))
+    return [c.reshape(s) for c, s in zip(cores, shapes, strict=True)]
 
 
 def _random_cores(fmt, key, rows, cols, ranks, std, dtype) -> list[jax.Array]:
-    shape = rows + cols
-    if fmt == "ttm":
-        t = formats.TTMatrix.random(key, rows, cols, (1,) + ranks + (1,), std=std, dtype=dtype)
-        return list(t.cores)
-    if fmt == "tt":
-        return list(formats.TT.random(key, shape, (1,) + ranks + (1,), std=std, dtype=dtype).cores)
-    if fmt == "tr":
-        return list(formats.TR.random(key, shape, ranks, std=std, dtype=dtype).cores)
-    if fmt == "cp":
-        cp = formats.CP.random(key, shape, ranks[0], std=std, dtype=dtype)
-        return _fold_cp_weights(cp)
-    t = formats.Tucker.random(key, shape, ranks, std=std, dtype=dtype)
-    return [t.core, *t.factors]
+    base = _base_format(fmt)
+    rank = _format_rank(fmt, ranks)
+    if base == "ttm":
+        t = formats.TTMatrix.random(key, rows, cols, rank, std=std, dtype=dtype)
+    else:
+        shape = _tensor_shape(fmt, rows, cols)
+        t = _FORMAT_CLASSES[base].random(key, shape, rank, std=std, dtype=dtype)
+    return _split_cores(fmt, _cores_of(t), rows, cols)
 
 
-def _fold_cp_weights(cp) -> list[jax.Array]:
-    factors = list(cp.factors)
-    factors[0] = factors[0] * cp.weights[None, :]
-    return factors
-
-
-def _decompose(fmt, kernel_tensor, rows, cols, ranks, key) -> list[jax.Array]:
-    if fmt == "ttm":
-        matrix = kernel_tensor.reshape(math.prod(rows), math.prod(cols))
-        t = formats.TTMatrix.from_dense(matrix, rows, cols, rank=(1,) + ranks + (1,))
-        return list(t.cores)
-    if fmt == "tt":
-        return list(formats.TT.from_dense(kernel_tensor, rank=(1,) + ranks + (1,)).cores)
-    if fmt == "tr":
-        return list(formats.TR.from_dense(kernel_tensor, rank=ranks).cores)
-    if fmt == "cp":
-        return _fold_cp_weights(formats.CP.from_dense(kernel_tensor, rank=ranks[0], key=key))
-    t = formats.Tucker.from_dense(kernel_tensor, rank=ranks)
-    return [t.core, *t.factors]
+def _decompose(fmt, kernel, rows, cols, ranks, key) -> list[jax.Array]:
+    """Decomposes the padded kernel (prod I, prod J); the ranks may clip."""
+    base = _base_format(fmt)
+    rank = _format_rank(fmt, ranks)
+    if base == "ttm":
+        t = formats.TTMatrix.from_dense(kernel, rows, cols, rank=rank, key=key)
+    else:
+        # (I_1..I_d, J_1..J_d) -> the tensor modes in order, then merged (I_k J_k for pairs)
+        order = [a for mode in _tensor_modes(fmt, rows, cols) for a in mode]
+        tensor = jnp.transpose(kernel.reshape(rows + cols), order)
+        tensor = tensor.reshape(_tensor_shape(fmt, rows, cols))
+        t = _FORMAT_CLASSES[base].from_dense(tensor, rank=rank, key=key)
+    return _split_cores(fmt, _cores_of(t), rows, cols)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +230,13 @@ class LinearLayout:
     """Static structure of a tensorized Linear layer (pure Python, no arrays).
 
     Attributes:
-      format: "cp", "tucker", "tt", "ttm" or "tr".
+      format: one of `LINEAR_FORMATS` ("rtt" keeps its name but is a "ttm" layout).
       in_modes, out_modes: (I_1..I_d), (J_1..J_d); their products are the padded sizes.
       in_padded, out_padded: prod(in_modes), prod(out_modes) (>= the feature sizes).
       ranks: one rank per bond (see `Linear`).
+      max_ranks: the largest useful rank per bond; the full-rank layer.
+      tensor_shape: shape of the tensor the format decomposes: (I_1..I_d, J_1..J_d), or
+        (I_1 J_1, ..., I_d J_d) for ttm and the reshaped formats.
       core_shapes: shapes of the stored cores.
       spec: the `contract` spec of the forward pass, x (Z, I_1..I_d) -> (Z, J_1..J_d).
     """
@@ -172,6 +247,8 @@ class LinearLayout:
     in_padded: int
     out_padded: int
     ranks: tuple[int, ...]
+    max_ranks: tuple[int, ...]
+    tensor_shape: tuple[int, ...]
     core_shapes: tuple[tuple[int, ...], ...]
     spec: str
 
@@ -200,8 +277,7 @@ def linear_layout(
       ValueError: unknown format, both or neither of rank/compression, modes that do not
         multiply to the feature size, ranks beyond what the modes allow.
     """
-    if format not in LINEAR_FORMATS:
-        raise ValueError(f"format={format!r} is not one of {LINEAR_FORMATS}")
+    _base_format(format)  # rejects unknown formats
     if (rank is None) == (compression is None):
         raise ValueError(
             "give exactly one of rank= or compression= "
@@ -218,9 +294,9 @@ def linear_layout(
         cols, out_pad = resolve_modes(out_features, out_modes, d, "out_modes")
     if len(rows) != len(cols):
         raise ValueError(f"in_modes {rows} and out_modes {cols} need the same number of modes")
-    d = len(rows)
-    n_ranks = _num_ranks(format, d)
+    rows, cols = tuple(rows), tuple(cols)
     max_ranks = _max_ranks(format, rows, cols)
+    n_ranks = len(max_ranks)
     if compression is not None:
         if not 0 < compression <= 1:
             raise ValueError(f"compression={compression} must be in (0, 1]")
@@ -231,7 +307,10 @@ def linear_layout(
             what=f"Linear({in_features}, {out_features}, format={format!r})",
         )
     else:
-        ranks = uniform_ranks(rank, n_ranks, f"Linear(format={format!r}) rank")
+        try:
+            ranks = uniform_ranks(rank, n_ranks, f"Linear(format={format!r}) rank")
+        except ValueError as e:
+            raise ValueError(f"{e}; format {format!r} takes {_RANK_ORDER[format]}") from None
         if isinstance(rank, int):  # an int is clipped per bond, as TensorLy does
             too_big = n_ranks > 0 and rank > max(max_ranks)
             ranks = tuple(min(r, m) for r, m in zip(ranks, max_ranks, strict=True))
@@ -242,27 +321,19 @@ def linear_layout(
                 f"rank {rank} exceeds what modes {rows} x {cols} allow for format "
                 f"{format!r}: the maxima are {max_ranks}; lower the rank"
             )
-    ranks = tuple(ranks)
+    ranks = tuple(int(r) for r in ranks)
     return LinearLayout(
         format=format,
-        in_modes=tuple(rows),
-        out_modes=tuple(cols),
+        in_modes=rows,
+        out_modes=cols,
         in_padded=in_pad,
         out_padded=out_pad,
         ranks=ranks,
-        core_shapes=tuple(tuple(c) for c in _core_shapes(format, rows, cols, ranks)),
-        spec=_forward_spec(format, d),
+        max_ranks=max_ranks,
+        tensor_shape=_tensor_shape(format, rows, cols),
+        core_shapes=tuple(_core_shapes(format, rows, cols, ranks)),
+        spec=_forward_spec(format, rows, cols, ranks),
     )
-
-
-def _ranks_of_cores(fmt: str, cores: Sequence[jax.Array]) -> tuple[int, ...]:
-    if fmt in ("ttm", "tt"):
-        return tuple(int(c.shape[-1]) for c in cores[:-1])
-    if fmt == "tr":
-        return tuple(int(c.shape[0]) for c in cores)
-    if fmt == "cp":
-        return (int(cores[0].shape[1]),)
-    return tuple(int(n) for n in cores[0].shape)
 
 
 # --------------------------------------------------------------------------- the layer
@@ -273,11 +344,15 @@ class Linear(nnx.Module):
 
     Args:
       in_features, out_features: sizes of the dense kernel (in, out).
-      format: one of "cp", "tucker", "tt", "ttm", "tr".
+      format: one of "cp", "tucker", "tt", "ttm", "tr" or the reshaped "rcp", "rtk",
+        "rtt", "rtr" (see the module docstring for the core shapes and parameter counts;
+        "rtt" builds exactly the "ttm" layer).
       rank: int (the same for every bond, clipped to what each bond allows) or a tuple
-        with one entry per bond (ttm: d-1, tt: 2d-1, tr: 2d, tucker: 2d, cp: 1).
+        with one entry per bond: cp, rcp 1; tucker 2d (one per I_k, then J_k); tt 2d-1;
+        tr 2d (r_0..r_2d-1); ttm, rtt d-1; rtk d (one per pair I_k J_k); rtr d (r_0..r_d-1).
       compression: instead of `rank`, the fraction of the dense kernel's parameters
-        (in*out) to keep; ranks are fitted to it (see `fit_ranks`).
+        (in*out) to keep; ranks are fitted to it (see `fit_ranks`, which warns when no
+        ranks come within 10%). The ranks chosen are in `self.ranks`.
       in_modes, out_modes: factorisations of in/out_features (default: balanced with
         `num_modes` modes, padded invisibly when the size factors badly).
       num_modes: d, the number of modes per side when modes are not given.
@@ -431,8 +506,12 @@ class Linear(nnx.Module):
           **kwargs: other `Linear` arguments (dtype, precision, optimize, ...).
 
         The kernel is zero-padded to the padded modes, reshaped to (I_1..I_d, J_1..J_d)
-        and decomposed: TTM-SVD, TT-SVD, TR-SVD, CP-ALS or HOSVD+HOOI. At full rank the
-        layer reproduces the original.
+        (for the reshaped formats then permuted to (I_1, J_1, ..., I_d, J_d) and merged to
+        (I_1 J_1, ..., I_d J_d)) and decomposed: CP-ALS (cp, rcp), HOSVD+HOOI (tucker,
+        rtk), TT-SVD (tt), TTM-SVD (ttm, rtt) or TR-SVD (tr, rtr); the factors are then
+        split back to (I_k, J_k). Ranks that a decomposition clips shrink the layer (see
+        `self.ranks`). At full rank the layer reproduces the original (CP-ALS up to its
+        convergence, ~1e-4 relative for small tensors).
         """
         if isinstance(layer_or_kernel, nnx.Linear):
             kernel = layer_or_kernel.kernel[...]
@@ -454,11 +533,14 @@ class Linear(nnx.Module):
             out_modes=out_modes,
             num_modes=num_modes,
         )
-        padded = jnp.pad(kernel, ((0, probe.in_padded - n_in), (0, probe.out_padded - n_out)))
-        tensor = padded.reshape(probe.in_modes + probe.out_modes)
-        cores = _decompose(
-            format, tensor, probe.in_modes, probe.out_modes, probe.ranks, rngs.params()
-        )
+        with jax.named_scope("tnjax.nn.Linear.from_linear"):
+            padded = jnp.pad(kernel, ((0, probe.in_padded - n_in), (0, probe.out_padded - n_out)))
+            cores = _decompose(
+                format, padded, probe.in_modes, probe.out_modes, probe.ranks, rngs.params()
+            )
+            # keep the budget's ranks where the decomposition stopped short of them
+            grown = pad_cores(cores, probe.core_shapes, rngs.params())
+            cores = grown if grown is not None else cores
         layer = cls(
             n_in,
             n_out,

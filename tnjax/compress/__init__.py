@@ -1,0 +1,27 @@
+"""Whole-model compression (TNN paper): decompose to a budget, then block-wise distillation."""
+
+from tnjax.compress.decompose import (
+    COMPRESS_FORMATS,
+    FORMAT_ALIASES,
+    compress_model,
+    eligible_layers,
+)
+from tnjax.compress.distill import (
+    DistillBlock,
+    block_mse,
+    block_param_filter,
+    capture_outputs,
+    distillation_blocks,
+)
+
+__all__ = [
+    "COMPRESS_FORMATS",
+    "FORMAT_ALIASES",
+    "compress_model",
+    "eligible_layers",
+    "DistillBlock",
+    "block_mse",
+    "block_param_filter",
+    "capture_outputs",
+    "distillation_blocks",
+]
