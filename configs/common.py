@@ -156,3 +156,18 @@ def compress_config(name: str) -> ml_collections.ConfigDict:
     c.tensorboard = True
     c.debug = ml_collections.ConfigDict({"kill_at_step": -1})
     return c
+
+
+def bayes_config(prior: str = "half_cauchy", eta: float = 1.0, inference: str = "map"):
+    """`config.bayes` of the `bayes` trainer (priors, inference, read-out threshold)."""
+    return ml_collections.ConfigDict(
+        {
+            "prior": prior,  # "half_cauchy" or "log_uniform"
+            "eta": eta,  # half-Cauchy scale
+            "core_std": 10.0,  # fixed N(0, core_std^2) prior of Tucker cores
+            "inference": inference,  # "map" (closed-form EM lambda)
+            "prior_weight": 1.0,  # 1 = the Bayesian posterior; >1 tempers towards the prior
+            "em_step_size": 1.0,  # damping of the lambda update
+            "threshold": 1e-2,  # keep rank r when lambda_r > threshold * max lambda
+        }
+    )

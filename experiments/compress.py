@@ -326,12 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         },
         "layers": rows,
         "all_layers": report["layers"],
-        "params": report["params"],
-        "dense_equivalent_params": report["dense_equivalent_params"],
-        "compression": report["compression"],
-        "flops_per_example": report["flops"],
-        "dense_flops_per_example": report["dense_flops"],
-        "flops_ratio": report["flops_ratio"],
+        **train.size_summary(report),
         "accuracy": {
             "dense": teacher_summary["test_accuracy"],
             "decomposed": stages["decomposed"]["accuracy"],

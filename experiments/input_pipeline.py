@@ -65,6 +65,7 @@ DATASET_NAMES = (
     "imagenet2012",
     "synthetic",
     "synthetic_clicks",
+    "planted_linear",
 )
 SOURCES = ("auto", "local", "tfds")
 AUGMENTATIONS = (None, "none", "cifar", "imagenet")
@@ -872,6 +873,75 @@ def _get(cfg, key: str, default=None):
     return default if value is None else value
 
 
+PLANTED_FORMATS = ("ttm", "cp", "tucker")
+
+
+def planted_kernel(fmt: str, in_modes, out_modes, ranks, seed: int) -> np.ndarray:
+    """A (prod in_modes, prod out_modes) kernel whose tensor format has exactly `ranks`.
+
+    ttm: TT-matrix with internal ranks `ranks` (e.g. (3, 2) for 3 modes a side); cp: the
+    kernel tensor (I_1..I_d, J_1..J_d) of CP rank `ranks[0]`; tucker: the kernel matrix
+    (I, J) = U_in G U_out^T of multilinear ranks `ranks` = (R_in, R_out). The scale makes
+    the outputs of unit-variance inputs have unit variance.
+    """
+    from tnjax import formats
+
+    rng = np.random.default_rng([seed, 7])
+    in_modes, out_modes = tuple(in_modes), tuple(out_modes)
+    n_in, n_out = math.prod(in_modes), math.prod(out_modes)
+    if fmt == "ttm":
+        r = (1, *ranks, 1)
+        cores = [
+            rng.standard_normal((r[k], i, j, r[k + 1]))
+            for k, (i, j) in enumerate(zip(in_modes, out_modes, strict=True))
+        ]
+        kernel = np.asarray(formats.TTMatrix(cores).to_dense())
+    elif fmt == "cp":
+        (rank,) = ranks
+        factors = [rng.standard_normal((n, rank)) for n in in_modes + out_modes]
+        kernel = np.asarray(formats.CP(np.ones(rank), factors).to_dense()).reshape(n_in, n_out)
+    elif fmt == "tucker":
+        modes = in_modes + out_modes
+        if len(ranks) != len(modes):
+            raise ValueError(f"tucker planted_ranks {ranks} need one rank per mode of {modes}")
+        factors = [
+            np.linalg.qr(rng.standard_normal((n, r)))[0] for n, r in zip(modes, ranks, strict=True)
+        ]
+        core = rng.standard_normal(tuple(ranks))
+        kernel = np.asarray(formats.Tucker(core, factors).to_dense())
+    else:
+        raise ValueError(f"planted format {fmt!r} is not one of {PLANTED_FORMATS}")
+    kernel = kernel.reshape(n_in, n_out)
+    return (kernel / np.sqrt(np.mean(np.sum(kernel**2, axis=0)))).astype(np.float32)
+
+
+def _planted_linear(cfg, seed: int) -> Dataset:
+    """Regression data y = x W + noise with W of planted tensor ranks (rank-recovery checks)."""
+    fmt = _get(cfg, "planted_format", "ttm")
+    in_modes = tuple(_get(cfg, "in_modes", (4, 8, 8)))
+    out_modes = tuple(_get(cfg, "out_modes", (4, 8, 8)))
+    ranks = tuple(_get(cfg, "planted_ranks", (3, 2)))
+    noise = float(_get(cfg, "noise", 0.05))
+    n_train, n_test = int(_get(cfg, "num_train", 4096)), int(_get(cfg, "num_test", 1024))
+    kernel = planted_kernel(fmt, in_modes, out_modes, ranks, seed)
+    rng = np.random.default_rng([seed, 8])
+
+    def split(n):
+        x = rng.standard_normal((n, kernel.shape[0])).astype(np.float32)
+        y = x @ kernel + noise * rng.standard_normal((n, kernel.shape[1])).astype(np.float32)
+        return _readonly({"x": x, "label": y.astype(np.float32)})
+
+    info = {
+        "planted_format": fmt,
+        "planted_ranks": ranks,
+        "in_modes": in_modes,
+        "out_modes": out_modes,
+        "noise": noise,
+        "kernel": kernel,
+    }
+    return Dataset("planted_linear", split(n_train), split(n_test), 0, "synthetic", info)
+
+
 def load_dataset(config) -> Dataset:
     """Loads the dataset a config names.
 
@@ -908,6 +978,8 @@ def load_dataset(config) -> Dataset:
         return _synthetic_images(cfg, seed)
     if name == "synthetic_clicks":
         return _synthetic_clicks(cfg, seed)
+    if name == "planted_linear":
+        return _planted_linear(cfg, seed)
 
     source = _get(cfg, "source", "auto")
     if source not in SOURCES:

@@ -22,7 +22,11 @@ config_flags.DEFINE_config_file(
 flags.mark_flag_as_required("config")
 
 # trainer name -> module with train_and_evaluate(config, workdir)
-TRAINERS = {"train": "experiments.train", "compress": "experiments.compress"}
+TRAINERS = {
+    "train": "experiments.train",
+    "compress": "experiments.compress",
+    "bayes": "experiments.bayes",
+}
 
 
 def run(config, workdir: str) -> dict:

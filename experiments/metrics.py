@@ -33,9 +33,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """The records of `workdir/metrics.jsonl` (an empty list if there is none)."""
-    path = os.path.join(workdir, METRICS_FILE)
+def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict[str, Any]]:
+    """The records of `workdir/metrics.jsonl` (or `filename`; [] if there is none)."""
+    path = os.path.join(workdir, filename)
     if not os.path.exists(path):
         return []
     records = []
@@ -51,12 +51,12 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     return records
 
 
-def truncate_metrics(workdir: str, step: int) -> None:
+def truncate_metrics(workdir: str, step: int, filename: str = METRICS_FILE) -> None:
     """Keeps only the records with `step <= step` (and drops a torn last line)."""
-    path = os.path.join(workdir, METRICS_FILE)
+    path = os.path.join(workdir, filename)
     if not os.path.exists(path):
         return
-    kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+    kept = [r for r in read_metrics(workdir, filename) if r.get("step", 0) <= step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         for r in kept:

@@ -51,6 +51,7 @@ __all__ = [
     "TASKS",
     "build_model",
     "load_trained",
+    "size_summary",
     "RunLoop",
     "resolve_num_steps",
     "Trainable",
@@ -90,9 +91,17 @@ def _sigmoid_xent(logits_B: jax.Array, labels_B: jax.Array) -> tuple[jax.Array, 
     return loss, ((logits_B > 0) == (labels_B > 0)).astype(jnp.float32)
 
 
+def _squared_error(out_BxK: jax.Array, targets_BxK: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gaussian NLL with unit noise variance, up to a constant: 0.5 ||y - f(x)||^2."""
+    diff = out_BxK.astype(jnp.float32) - targets_BxK.astype(jnp.float32)
+    loss = 0.5 * jnp.sum(diff * diff, axis=-1)
+    return loss, jnp.zeros_like(loss)  # no accuracy for regression
+
+
 TASKS = {
     "classification": Task(lambda b: (b["image"],), _softmax_xent),
     "ctr": Task(lambda b: (b["dense"], b["sparse"]), _sigmoid_xent),
+    "regression": Task(lambda b: (b["x"],), _squared_error),
 }
 
 
@@ -116,8 +125,11 @@ def build_model(config: ml_collections.ConfigDict, ds: input_pipeline.Dataset) -
         kwargs.setdefault("vocab_sizes", tuple(int(v) for v in ds.info["vocab_sizes"]))
     elif name == "mlp":
         features = tuple(kwargs.get("features", (784, 512, 10)))
-        in_size = int(np.prod(ds.train["image"].shape[1:]))
-        kwargs["features"] = (in_size, *features[1:-1], ds.num_classes)
+        inputs = ds.train["image"] if "image" in ds.train else ds.train["x"]
+        in_size = int(np.prod(inputs.shape[1:]))
+        labels = ds.train["label"]
+        out_size = int(labels.shape[-1]) if labels.ndim > 1 else ds.num_classes  # regression
+        kwargs["features"] = (in_size, *features[1:-1], out_size)
     else:
         kwargs.setdefault("num_classes", ds.num_classes)
         if name == "lenet5":
@@ -355,7 +367,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class RunLoop:
     """The loop shared by the trainers: resume, steps, logging, evaluation, checkpoints."""
 
-    def __init__(self, config, workdir, task, ds, trainable, tx, num_steps, extra_loss=None):
+    def __init__(
+        self, config, workdir, task, ds, trainable, tx, num_steps, extra_loss=None, on_log=None
+    ):
+        """`on_log(step, trainable)`, if given, runs after each progress line."""
+        self.on_log = on_log
         self.config, self.workdir, self.task, self.ds = config, workdir, task, ds
         self.trainable, self.num_steps = trainable, num_steps
         self.batch_size = int(config.batch_size)
@@ -460,6 +476,8 @@ class RunLoop:
                         ),
                     )
                     window, steps_window, t_window = None, 0, time.perf_counter()
+                    if self.on_log is not None:
+                        self.on_log(done, self.trainable)
                 if eval_every and done % eval_every == 0 and not last:
                     self._eval(writer, done)
                 if (ckpt_every and done % ckpt_every == 0) or last:
@@ -506,6 +524,18 @@ def load_trained(
     return trainable, ds
 
 
+def size_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The model-level size and FLOP figures of a `tnjax.models.model_report`."""
+    return {
+        "params": report["params"],
+        "dense_equivalent_params": report["dense_equivalent_params"],
+        "compression": report["compression"],
+        "flops_per_example": report["flops"],
+        "dense_flops_per_example": report["dense_flops"],
+        "flops_ratio": report["flops_ratio"],
+    }
+
+
 def write_summary(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -525,12 +555,7 @@ def write_summary(
         "data_source": ds.source,
         "test_accuracy": final["accuracy"],
         "test_loss": final["loss"],
-        "params": report["params"],
-        "dense_equivalent_params": report["dense_equivalent_params"],
-        "compression": report["compression"],
-        "flops_per_example": report["flops"],
-        "dense_flops_per_example": report["dense_flops"],
-        "flops_ratio": report["flops_ratio"],
+        **size_summary(report),
         "layers": report["layers"],
         "steps": num_steps,
         "batch_size": int(config.batch_size),

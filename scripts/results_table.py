@@ -20,16 +20,18 @@ def rows(workdirs: list[str]) -> list[dict]:
         with open(path) as f:
             s = json.load(f)
         formats = sorted({layer["format"] for layer in s["layers"]} - {"dense"}) or ["dense"]
+        rate = s.get("compressed_layers", {}).get("fraction")
         out.append(
             {
                 "run": os.path.basename(os.path.normpath(d)),
                 "data": s["dataset"],
                 "formats": "+".join(formats),
+                "compressed layers": "-" if rate is None else f"{rate:.3f}x",
                 "test acc": f"{100 * s['test_accuracy']:.2f}%",
                 "params": f"{s['params']:,}",
                 "vs dense": f"{s['compression']:.3f}x",
                 "FLOPs vs dense": f"{s['flops_ratio']:.3f}x",
-                "steps": str(s["steps"]),
+                "steps": str(s.get("steps", s.get("phase1_steps", 0) + s.get("phase2_steps", 0))),
                 "wall": f"{s['wall_time_sec']:.0f}s",
                 "plot": os.path.join(d, "curves.png"),
             }

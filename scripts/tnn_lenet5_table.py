@@ -93,7 +93,7 @@ def main() -> None:
         for rate in rates:
             name = f"{fmt}_{rate:g}"
             arg = f"format={fmt},rate={rate},teacher_workdir={teacher}"
-            jobs.append((name, arg))
+            jobs.append((name, arg, []))
     for fmt in args.compare_formats.split(","):
         if fmt:
             arg = (
@@ -103,11 +103,12 @@ def main() -> None:
             jobs.append((f"compare_{fmt}_0.1", arg))
 
     def run(job):
-        name, arg = job
+        name, arg, job_extra = job
         workdir = os.path.join(runs, name)
         if _summary(workdir) is None:
             start = time.time()
-            code = _launch(arg, workdir, os.path.join(runs, f"{name}.log"), extra)
+            log = os.path.join(runs, f"{name}.log")
+            code = _launch(arg, workdir, log, extra + job_extra)  # the job's flags win
             print(f"{name}: exit {code} in {time.time() - start:.0f}s", flush=True)
         return name, _summary(workdir)
 

@@ -60,6 +60,8 @@ def test_quick_variant_runs_end_to_end(name, tmp_path):
         assert key in summary, key
     if config.trainer == "compress":
         _check_compress_summary(config, summary, tmp_path)
+    elif config.trainer == "bayes":
+        _check_bayes_summary(config, summary, tmp_path)
     else:
         _check_train_summary(name, config, summary, tmp_path)
 
@@ -75,6 +77,15 @@ def _check_train_summary(name, config, summary, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
     assert os.path.isdir(tmp_path / "checkpoints" / str(config.num_steps))
+
+
+def _check_bayes_summary(config, summary, tmp_path):
+    (layer,) = summary["learned_ranks"]
+    learned = summary["learned_ranks"][layer]
+    assert all(1 <= r <= 16 for r in learned) and len(learned) == len(summary["planted_ranks"])
+    assert summary["after_pruning"]["params"] <= summary["before_pruning"]["params"]
+    assert np.isfinite(summary["test_loss"])
+    assert (tmp_path / "lambdas.jsonl").exists()
 
 
 def _check_compress_summary(config, summary, tmp_path):

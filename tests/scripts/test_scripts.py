@@ -54,7 +54,7 @@ def test_contract_benchmark_runs_and_writes_json(tmp_path):
 
 
 def test_main_job_quick_variant_prints_a_results_table(tmp_path):
-    """The README's first command, in its quick form (the full run is the same config)."""
+    """The README's first command, in its quick form (the full run is the same configs)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", TNJAX_RUNS=str(tmp_path))
     proc = subprocess.run(
         ["bash", "scripts/demo.sh", "--quick"],
@@ -62,13 +62,20 @@ def test_main_job_quick_variant_prints_a_results_table(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "| run | data |" in proc.stdout
-    row = next(line for line in proc.stdout.splitlines() if line.startswith("| lenet5_dense"))
-    accuracy = float(row.split("|")[4].strip().rstrip("%"))
-    assert accuracy > 70.0, row
+    rows = {
+        line.split("|")[1].strip(): line.split("|")
+        for line in proc.stdout.splitlines()
+        if line.startswith("| lenet5_")
+    }
+    assert set(rows) == {"lenet5_dense", "lenet5_rtt_0.1"}
+    assert float(rows["lenet5_dense"][5].strip().rstrip("%")) > 70.0
+    assert rows["lenet5_rtt_0.1"][3].strip() == "rtt"
+    fraction = float(rows["lenet5_rtt_0.1"][4].strip().rstrip("x"))
+    assert abs(fraction / 0.1 - 1) <= 0.1
     summary = json.loads((tmp_path / "quick" / "lenet5_dense" / "summary.json").read_text())
     assert summary["dataset"] == "fashion_mnist" and summary["steps"] == 150
     assert (tmp_path / "quick" / "lenet5_dense" / "curves.png").exists()

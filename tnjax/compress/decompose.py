@@ -22,6 +22,7 @@ from flax import nnx
 
 from tnjax import nn as tnn
 from tnjax.models.factory import NAME_ATTR, layer_name
+from tnjax.models.graph import replace_module
 from tnjax.models.report import layer_report
 
 __all__ = ["compress_model", "eligible_layers", "FORMAT_ALIASES", "COMPRESS_FORMATS"]
@@ -98,16 +99,6 @@ def _modules_by_name(model: nnx.Module) -> dict[str, tuple[tuple, nnx.Module]]:
     return out
 
 
-def _replace(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
-    parent = model
-    for key in path[:-1]:
-        parent = parent[key] if isinstance(key, int) else getattr(parent, key)
-    if isinstance(path[-1], int):
-        parent[path[-1]] = new
-    else:
-        setattr(parent, path[-1], new)
-
-
 def compress_model(
     model: nnx.Module,
     *example_inputs: Any,
@@ -164,7 +155,7 @@ def compress_model(
         else:
             new = tnn.Linear.from_linear(module, format=fmt, rngs=rngs, **budget)
         setattr(new, NAME_ATTR, name)
-        _replace(new_model, path, new)
+        replace_module(new_model, path, new)
         rows.append(
             {
                 "name": name,

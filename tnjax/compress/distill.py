@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tnjax.models.factory import layer_name
+from tnjax.models.graph import module_at
 
 __all__ = [
     "DistillBlock",
@@ -95,13 +96,6 @@ def _path_key(path: tuple) -> tuple:
     return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in path)
 
 
-def _module_at(model: nnx.Module, path: tuple) -> nnx.Module:
-    node = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
 def capture_outputs(
     model: nnx.Module, paths: Sequence[tuple], *inputs: Any
 ) -> tuple[Any, dict[tuple, jax.Array]]:
@@ -110,8 +104,8 @@ def capture_outputs(
     Works under `jit`/`grad` (the outputs are traced values). If a submodule is called
     more than once, its last output is kept.
     """
-    targets = {id(_module_at(model, p)): tuple(p) for p in paths}
-    classes = {type(_module_at(model, p)) for p in paths}
+    targets = {id(module_at(model, p)): tuple(p) for p in paths}
+    classes = {type(module_at(model, p)) for p in paths}
     captured: dict[tuple, jax.Array] = {}
     originals = {cls: cls.__call__ for cls in classes}
 
