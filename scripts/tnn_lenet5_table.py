@@ -100,7 +100,7 @@ def main() -> None:
                 f"format={fmt},rate=0.1,teacher_workdir={teacher},compare=True,"
                 f"curve_every={args.curve_every},phase2_steps=0"
             )
-            jobs.append((f"compare_{fmt}_0.1", arg))
+            jobs.append((f"compare_{fmt}_0.1", arg, ["--config.phase2.steps=0"]))
 
     def run(job):
         name, arg, job_extra = job
