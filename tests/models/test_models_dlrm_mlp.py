@@ -5,31 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_test_helpers import rbg_rngs as _rngs
+from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn
 from tnjax.models import DLRM, MLP, LayerFactory, create_model, model_report
 
 VOCABS = (100, 1000, 37)  # 37: prime, so the tensorized table pads its vocabulary
-
-
-def _rngs():
-    # RBG keys: XLA compiles their sampling far faster than threefry's, on CPU.
-    return nnx.Rngs(jax.random.key(0, impl="rbg"))
-
-
-def _step(model, *inputs):
-    """Outputs and parameter gradients of a squared-output loss, in one jitted call."""
-
-    @nnx.jit
-    def step(model, *inputs):
-        def loss_fn(m):
-            y = m(*inputs)
-            return jnp.mean(y**2), y
-
-        (_, y), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        return y, grads
-
-    return step(model, *inputs)
 
 
 def _inputs(batch=4):

@@ -72,9 +72,10 @@ def test_kind_prefixed_keys():
 
 
 def test_format_of_another_kind_is_an_error_naming_layer_kind_and_formats():
-    with pytest.raises(ValueError, match=r"'fc1' is a linear.*'rcp'.*conv_format") as e:
-        LayerFactory({"format": "rcp", "rank": 2}).resolve("fc1", "linear")
-    assert "ttm" in str(e.value)  # lists the valid linear formats
+    # (Linear takes every conv format, reshaped ones included, so probe an embedding)
+    with pytest.raises(ValueError, match=r"'emb0' is a embed and has no format 'tr'") as e:
+        LayerFactory({"format": "tr", "rank": 2}).resolve("emb0", "embed")
+    assert "ttm" in str(e.value)  # lists the valid embedding formats
     with pytest.raises(ValueError, match=r"'conv2' is a conv.*'ttm'"):
         LayerFactory({"format": "ttm", "rank": 2}).resolve("conv2", "conv")
     with pytest.raises(ValueError, match="'fc1'.*no format"):

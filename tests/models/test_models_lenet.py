@@ -7,35 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_test_helpers import assert_finite_nonzero as _assert_finite_nonzero
+from model_test_helpers import rbg_rngs as _rngs
+from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn
 from tnjax.models import LayerFactory, LeNet5, create_model, model_report
-
-
-def _step(model, *inputs):
-    """Logits and parameter gradients of a squared-logit loss, in one jitted call."""
-
-    @nnx.jit
-    def step(model, *inputs):
-        def loss_fn(m):
-            y = m(*inputs)
-            return jnp.mean(y**2), y
-
-        (_, y), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        return y, grads
-
-    return step(model, *inputs)
-
-
-def _assert_finite_nonzero(grads):
-    leaves = jax.tree.leaves(grads)
-    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
-
-
-def _rngs():
-    # RBG keys: XLA compiles their sampling far faster than threefry's, on CPU.
-    return nnx.Rngs(jax.random.key(0, impl="rbg"))
 
 
 @pytest.mark.parametrize("default", [None, {"format": "ttm", "rank": 4, "conv_format": "rcp"}])
@@ -68,8 +45,8 @@ def test_lenet5_dense_by_default_layers_and_overrides():
 def test_lenet5_config_errors():
     with pytest.raises(ValueError, match=r"\['conv3'\] matched no layer.*conv1, conv2, fc1"):
         create_model("lenet5", rngs=_rngs(), layers={"overrides": {"conv3": {}}})
-    with pytest.raises(ValueError, match="'fc1' is a linear and has no format 'rcp'"):
-        LeNet5(factory=LayerFactory({"format": "rcp", "rank": 2}), rngs=_rngs())
+    with pytest.raises(ValueError, match="'conv2' is a conv and has no format 'ttm'"):
+        LeNet5(factory=LayerFactory({"format": "ttm", "rank": 2}), rngs=_rngs())
     with pytest.raises(ValueError, match=r"expects images \(B, 28, 28, 1\)"):
         LeNet5(rngs=_rngs())(jnp.ones((1, 32, 32, 1)))
 

@@ -5,14 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from model_test_helpers import rbg_rngs as _rngs
 
 import tnjax.nn as tnn
 from tnjax.models import LayerFactory, LeNet5, count_params, layer_report, model_report
 from tnjax.models.report import LAYER_KINDS
-
-
-def _rngs():
-    return nnx.Rngs(jax.random.key(0, impl="rbg"))
 
 
 def _kernel_leaves(module):

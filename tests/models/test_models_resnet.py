@@ -4,35 +4,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
+from model_test_helpers import assert_finite_nonzero as _assert_finite_nonzero
+from model_test_helpers import rbg_rngs as _rngs
+from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn
 from tnjax.models import LayerFactory, ResNet50, ResNetCifar, count_params, create_model
-
-
-def _step(model, *inputs):
-    """Logits and parameter gradients of a squared-logit loss, in one jitted call."""
-
-    @nnx.jit
-    def step(model, *inputs):
-        def loss_fn(m):
-            y = m(*inputs)
-            return jnp.mean(y**2), y
-
-        (_, y), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-        return y, grads
-
-    return step(model, *inputs)
-
-
-def _assert_finite_nonzero(grads):
-    leaves = jax.tree.leaves(grads)
-    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
-
-
-def _rngs():
-    # RBG keys: XLA compiles their sampling far faster than threefry's, on CPU.
-    return nnx.Rngs(jax.random.key(0, impl="rbg"))
 
 
 def _abstract(build):

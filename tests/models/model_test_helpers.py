@@ -1,0 +1,31 @@
+"""Helpers shared by the model tests (imported as a sibling module)."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def step_and_grads(model, *inputs):
+    """Logits and parameter gradients of a squared-logit loss, in one jitted call."""
+
+    @nnx.jit
+    def step(model, *inputs):
+        def loss_fn(m):
+            y = m(*inputs)
+            return jnp.mean(y**2), y
+
+        (_, y), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        return y, grads
+
+    return step(model, *inputs)
+
+
+def assert_finite_nonzero(grads):
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+
+
+def rbg_rngs():
+    # RBG keys: XLA compiles their sampling far faster than threefry's, on CPU.
+    return nnx.Rngs(jax.random.key(0, impl="rbg"))
