@@ -179,13 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pruned, prune_report, _ = bayes.prune_model(trained, lambdas, threshold=float(b.threshold))
     pruned.eval()
     after = models.model_report(pruned, *example)
-    pruned_metrics = train.evaluate(
-        train.make_eval_step(train.Trainable.create(pruned, tx), task),
-        train.Trainable.create(pruned, tx).state,
-        ds.test,
-        run._eval_batch(),
-        None,
-    )
+    pruned_metrics = train.evaluate_model(pruned, task, ds.test, run.eval_batch_size())
     planted = _planted(ds)
     learned = {name: list(r["ranks_after"]) for name, r in prune_report.items()}
     summary = {

@@ -70,14 +70,6 @@ def _rate_spec(config: ml_collections.ConfigDict) -> Any:
     return {"*": float(config.rate), **{k: float(v) for k, v in overrides.items()}}
 
 
-def _evaluate_model(model: nnx.Module, task, ds, batch_size: int) -> dict[str, float]:
-    model.eval()
-    tx = optax.identity()
-    trainable = train.Trainable.create(model, tx)
-    step = train.make_eval_step(trainable, task)
-    return train.evaluate(step, trainable.state, ds.test, batch_size, None)
-
-
 def _phase1_step(graph, teacher_graph, block: tnc.DistillBlock, tx):
     """A jitted Adam step on the block MSE; only the block's parameters move."""
 
@@ -128,7 +120,7 @@ class _Compression:
         return jnp.asarray(batch["image"])
 
     def evaluate(self, model) -> dict[str, float]:
-        return _evaluate_model(model, self.task, self.ds, self.eval_batch)
+        return train.evaluate_model(model, self.task, self.ds.test, self.eval_batch)
 
     def phase1(self, model, blocks, *, start_block=0, curve_every=0, on_block_done=None):
         """Sequential training; returns the model and the curve [(steps, test accuracy)]."""

@@ -51,6 +51,7 @@ __all__ = [
     "TASKS",
     "build_model",
     "load_trained",
+    "evaluate_model",
     "size_summary",
     "RunLoop",
     "resolve_num_steps",
@@ -300,6 +301,14 @@ def evaluate(
     return {"loss": float(total["loss"]) / count, "accuracy": float(total["correct"]) / count}
 
 
+def evaluate_model(
+    model: nnx.Module, task: Task, split: Mapping[str, np.ndarray], batch_size: int
+) -> dict[str, float]:
+    """Loss and accuracy of an NNX model (in eval mode) over a whole split."""
+    trainable = Trainable.create(model, optax.identity())
+    return evaluate(make_eval_step(trainable, task), trainable.state, split, batch_size, None)
+
+
 # --------------------------------------------------------------------------- run bookkeeping
 
 
@@ -407,7 +416,7 @@ class RunLoop:
             self.eval_step,
             self.trainable.state,
             self.ds.test,
-            self._eval_batch(),
+            self.eval_batch_size(),
             self.batch_sharding,
         )
         writer.write(step, "test", result)
@@ -420,7 +429,8 @@ class RunLoop:
         )
         return result
 
-    def _eval_batch(self) -> int:
+    def eval_batch_size(self) -> int:
+        """`eval_batch_size` (default: the training batch), a multiple of the device count."""
         size = int(self.config.get("eval_batch_size", 0) or self.batch_size)
         return size - size % jax.device_count() or jax.device_count()
 
