@@ -72,20 +72,23 @@ def read_ranks(
 def _rebuild(layer: nnx.Module, ranks: tuple[int, ...], cores: list[jax.Array]) -> nnx.Module:
     """A layer like `layer` at `ranks`, holding `cores` (its bias copied)."""
     rngs = nnx.Rngs(0)  # only draws a bias, which is overwritten
+    common = dict(
+        format=layer.format,
+        rank=ranks,
+        dtype=layer.dtype,
+        param_dtype=layer.param_dtype,
+        optimize=layer.optimize,
+        rngs=rngs,
+        _cores=cores,
+    )
     if isinstance(layer, tnn.Linear):
         new = tnn.Linear(
             layer.in_features,
             layer.out_features,
-            format=layer.format,
-            rank=ranks,
             use_bias=layer.use_bias,
-            dtype=layer.dtype,
-            param_dtype=layer.param_dtype,
             precision=layer.precision,
-            optimize=layer.optimize,
-            rngs=rngs,
-            _cores=cores,
             _padded_modes=(layer.in_modes, layer.out_modes),
+            **common,
         )
     elif isinstance(layer, tnn.Conv):
         new = tnn.Conv(
@@ -95,29 +98,17 @@ def _rebuild(layer: nnx.Module, ranks: tuple[int, ...], cores: list[jax.Array]) 
             layer.strides,
             padding=layer.padding,
             kernel_dilation=layer.kernel_dilation,
-            format=layer.format,
-            rank=ranks,
             use_bias=layer.use_bias,
-            dtype=layer.dtype,
-            param_dtype=layer.param_dtype,
             precision=layer.precision,
-            optimize=layer.optimize,
-            rngs=rngs,
-            _cores=cores,
             _padded_modes=(layer.in_modes, layer.out_modes),
+            **common,
         )
     else:
         new = tnn.Embed(
             layer.num_embeddings,
             layer.features,
-            format=layer.format,
-            rank=ranks,
-            dtype=layer.dtype,
-            param_dtype=layer.param_dtype,
-            optimize=layer.optimize,
-            rngs=rngs,
-            _cores=cores,
             _padded_modes=(layer.vocab_modes, layer.feature_modes),
+            **common,
         )
     bias = getattr(layer, "bias", None)
     if bias is not None:
