@@ -165,9 +165,14 @@ def bayes_config(prior: str = "half_cauchy", eta: float = 1.0, inference: str = 
             "prior": prior,  # "half_cauchy" or "log_uniform"
             "eta": eta,  # half-Cauchy scale
             "core_std": 10.0,  # fixed N(0, core_std^2) prior of Tucker cores
-            "inference": inference,  # "map" (closed-form EM lambda)
+            "inference": inference,  # "map" (closed-form EM lambda) or "svi" (NumPyro)
             "prior_weight": 1.0,  # 1 = the Bayesian posterior; >1 tempers towards the prior
             "em_step_size": 1.0,  # damping of the lambda update
             "threshold": 1e-2,  # keep rank r when lambda_r > threshold * max lambda
+            "kl_delay_steps": 0,  # prior / KL weight 0 before this step ...
+            "kl_warmup_steps": 0,  # ... then ramped linearly to 1 over this many (0: no ramp)
+            "svi_init_scale": 1e-3,  # initial posterior std, relative to each core's RMS
+            "finetune_steps": 0,  # > 0: train the pruned model on, without the prior
+            "finetune_learning_rate": 1e-3,
         }
     )

@@ -13,6 +13,22 @@ index r, with a log-uniform or half-Cauchy(eta) hyper-prior on lambda. Inference
   posterior divided by N (the N/B scaling of a minibatch); lambda is a point estimate,
   updated in closed form from the current cores in every training forward pass (damped by
   `em_step_size`), exactly as the reference code does.
+* "svi": stochastic variational inference with NumPyro (`tnjax.bayes.svi`): a mean-field
+  Gaussian q = N(mu, sigma^2) on every core entry (mu = the cores, log sigma extra params
+  initialised at `svi_init_scale` x the core's RMS), one reparameterised sample per step,
+  the loss -ELBO / N = mean NLL + (prior_weight / N) KL(q || p(. | lambda)) computed by
+  `TraceMeanField_ELBO` with the likelihood in `numpyro.plate(N, subsample_size=B)`; lambda
+  is the same closed-form point estimate, with M including sigma^2. The sample of step t
+  uses the key fold_in(seed, t), so resumes are exact. The posterior means are what is
+  evaluated, pruned and saved at the end.
+
+After pruning, `finetune_steps` > 0 continues training the pruned (really smaller) model
+without the prior, in WORKDIR/finetune (checkpointed and resumable like the first phase),
+Adam with a cosine schedule from `finetune_learning_rate`: the prior's shrinkage of the kept
+slices is undone at the pruned size.
+
+Both accept a KL / prior warm-up: the prior weight is multiplied by
+clip((step - kl_delay_steps) / kl_warmup_steps, 0, 1) (1 throughout when kl_warmup_steps is 0).
 
 lambda lives in the model as `RankScale` variables (one per rank group), so it is
 checkpointed and resumed with the rest of the state. Every `log_every` steps the lambdas are
@@ -38,13 +54,21 @@ from absl import logging
 from flax import nnx
 
 from experiments import input_pipeline, metrics, optim, train
-from experiments.checkpoint import write_json
+from experiments.checkpoint import Checkpointer, write_json
 from tnjax import bayes, models
+from tnjax.bayes import svi
 
-__all__ = ["train_and_evaluate", "RankScale", "attach_lambdas", "lambdas_of"]
+__all__ = [
+    "train_and_evaluate",
+    "RankScale",
+    "attach_lambdas",
+    "lambdas_of",
+    "load_pruned",
+    "save_served",
+]
 
 LAMBDAS_FILE = "lambdas.jsonl"
-INFERENCE = ("map",)
+INFERENCE = ("map", "svi")
 
 
 class RankScale(nnx.Variable):
@@ -73,17 +97,114 @@ def prior_of(config: ml_collections.ConfigDict) -> bayes.RankPrior:
     return bayes.RankPrior(b.prior, eta=float(b.eta), core_std=float(b.get("core_std", 10.0)))
 
 
-def map_prior_term(prior: bayes.RankPrior, weight: float, step_size: float):
-    """`extra_loss` of the MAP/EM scheme: EM-update lambda, return -weight * log prior."""
+def warmup_factor(step: jax.typing.ArrayLike, delay: int, warmup: int) -> jax.Array:
+    """clip((step - delay) / warmup, 0, 1), or 1 when warmup is 0 (traceable in `step`)."""
+    if warmup < 0 or delay < 0:
+        raise ValueError(f"kl_delay_steps={delay} and kl_warmup_steps={warmup} must be >= 0")
+    if warmup == 0:
+        return jnp.where(jnp.asarray(step) >= delay, 1.0, 0.0).astype(jnp.float32)
+    return jnp.clip((jnp.asarray(step, jnp.float32) - delay) / warmup, 0.0, 1.0)
 
-    def extra_loss(model, batch, outputs):
-        del batch, outputs
-        new = bayes.em_update(model, lambdas_of(model), prior, step_size=step_size)
-        new = jax.tree.map(jax.lax.stop_gradient, new)
-        _set_lambdas(model, new)
-        return -weight * bayes.model_log_prior(model, new, prior)
 
-    return extra_loss
+def _em_step(model, prior, step_size, scales=None):
+    """Closed-form lambda update on the current cores, stored in the model and returned."""
+    new = bayes.em_update(model, lambdas_of(model), prior, step_size=step_size, scales=scales)
+    new = jax.tree.map(jax.lax.stop_gradient, new)
+    _set_lambdas(model, new)
+    return new
+
+
+def map_objective(task: train.Task, prior: bayes.RankPrior, weight: float, step_size: float, kl):
+    """`objective` of the MAP/EM scheme: EM-update lambda, mean NLL - w(t) log prior."""
+
+    def objective(model, batch, step):
+        out = model(*task.inputs(batch))
+        nll = jnp.mean(task.loss(out, batch["label"])[0])
+        new = _em_step(model, prior, step_size)
+        w = weight * warmup_factor(step, *kl)
+        return nll - w * bayes.model_log_prior(model, new, prior), out
+
+    return objective
+
+
+def svi_objective(
+    task: train.Task,
+    task_name: str,
+    prior: bayes.RankPrior,
+    weight: float,
+    step_size: float,
+    kl,
+    num_data: int,
+    seed: int,
+):
+    """`objective` of SVI: EM-update lambda (with sigma^2), then NumPyro's -ELBO / N."""
+    base_key = jax.random.key(seed)
+
+    def objective(model, batch, step):
+        new = _em_step(model, prior, step_size, scales=svi.scales_of(model))
+        return svi.elbo_loss(
+            model,
+            new,
+            prior,
+            forward=lambda m: m(*task.inputs(batch)),
+            likelihood=svi.LIKELIHOODS[task_name],
+            labels=batch["label"],
+            num_data=num_data,
+            rng=jax.random.fold_in(base_key, step),
+            kl_weight=weight * num_data * warmup_factor(step, *kl),
+        )
+
+    return objective
+
+
+def readout_lambdas(model, lambdas, prior: bayes.RankPrior, inference: str):
+    """The lambdas the ranks are read from: the EM ones (MAP), or for SVI the closed-form
+    lambda of the posterior means alone.
+
+    Under SVI an unused rank's slice has mean ~0 but keeps a posterior std sigma that the
+    optimizer shrinks only as fast as its learning rate allows; the EM lambda (whose M
+    includes sigma^2) of that rank therefore floors near sigma, within 10-30x of the kept
+    ranks, while the means of the slice are orders of magnitude smaller. Reading the ranks
+    from the means keeps the read-out comparable to MAP's.
+    """
+    if inference != "svi":
+        return lambdas
+    return jax.device_get(bayes.init_lambdas(model, prior))
+
+
+SERVED_DIR = "pruned"
+
+
+def save_served(workdir: str, model: nnx.Module, step: int) -> None:
+    """Saves the pruned (and fine-tuned) model's state in WORKDIR/pruned (see `load_pruned`)."""
+    ckpt = Checkpointer(os.path.join(workdir, SERVED_DIR), max_to_keep=1)
+    try:
+        ckpt.save(step, nnx.state(model))
+    finally:
+        ckpt.close()
+
+
+def load_pruned(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
+    """The served model of a finished `bayes` run: pruned to its learned ranks (eval mode).
+
+    The structure is rebuilt from the config, the read-out lambdas and the threshold in
+    `summary.json` (pruning is deterministic), then the saved state is restored into it.
+    """
+    with open(os.path.join(workdir, "summary.json")) as f:
+        summary = json.load(f)
+    ds = input_pipeline.load_dataset(train.data_config(config))
+    model = train.build_model(config, ds)
+    readout = {
+        k: [jnp.asarray(v, jnp.float32) for v in vs] for k, vs in summary["readout_lambdas"].items()
+    }
+    pruned, _, _ = bayes.prune_model(model, readout, threshold=float(summary["threshold"]))
+    ckpt = Checkpointer(os.path.join(workdir, SERVED_DIR))
+    try:
+        nnx.update(pruned, ckpt.restore(nnx.state(pruned)))
+    finally:
+        ckpt.close()
+    pruned.eval()
+    return pruned
 
 
 def _log_lambdas(workdir: str):
@@ -153,10 +274,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     prior = prior_of(config)
     attach_lambdas(model, bayes.init_lambdas(model, prior))
+    if b.inference == "svi":
+        svi.attach_scales(model, float(b.get("svi_init_scale", 1e-3)))
     tx = optim.make_optimizer(config.optimizer, num_steps)
     trainable = train.Trainable.create(model, tx)
     weight = float(b.prior_weight) / ds.num_train  # the minibatch's N/B-scaled share
-    extra = map_prior_term(prior, weight, float(b.em_step_size))
+    kl = (int(b.get("kl_delay_steps", 0)), int(b.get("kl_warmup_steps", 0)))
+    step_size = float(b.em_step_size)
+    if b.inference == "svi":
+        task_name = config.get("task", "classification")
+        objective = svi_objective(
+            task, task_name, prior, weight, step_size, kl, ds.num_train, int(config.seed)
+        )
+    else:
+        objective = map_objective(task, prior, weight, step_size, kl)
     run = train.RunLoop(
         config,
         workdir,
@@ -165,21 +296,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         trainable,
         tx,
         num_steps,
-        extra_loss=extra,
         on_log=_log_lambdas(workdir),
+        objective=objective,
     )
     start = run.ckpt.latest_step() or 0
     metrics.truncate_metrics(workdir, start, LAMBDAS_FILE)
     final = run.train()
 
     trained = trainable.model(train=False)
+    sigmas = svi.detach_scales(trained)  # the posterior means are what is served
     lambdas = jax.device_get(lambdas_of(trained))
+    readout = readout_lambdas(trained, lambdas, prior, b.inference)
     example = train.example_inputs(task, ds.test)
     before = models.model_report(trained, *example)
-    pruned, prune_report, _ = bayes.prune_model(trained, lambdas, threshold=float(b.threshold))
+    pruned, prune_report, _ = bayes.prune_model(trained, readout, threshold=float(b.threshold))
     pruned.eval()
     after = models.model_report(pruned, *example)
+    # measured: what XLA counts in the compiled forward of one example, before and after
+    xla_flops_before = models.compiled_flops(trained, *example)
+    xla_flops_after = models.compiled_flops(pruned, *example)
     pruned_metrics = train.evaluate_model(pruned, task, ds.test, run.eval_batch_size())
+    finetuned_metrics = None
+    if int(b.get("finetune_steps", 0)) > 0:
+        # the pruned (really smaller) model continues training, without the prior
+        pruned, finetuned_metrics = train.finetune(
+            pruned,
+            config,
+            os.path.join(workdir, "finetune"),
+            task,
+            ds,
+            steps=int(b.finetune_steps),
+            learning_rate=float(b.get("finetune_learning_rate", 1e-3)),
+        )
+    final_metrics = finetuned_metrics or pruned_metrics
+    save_served(workdir, pruned, num_steps)
     planted = _planted(ds)
     learned = {name: list(r["ranks_after"]) for name, r in prune_report.items()}
     summary = {
@@ -188,15 +338,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "inference": b.inference,
         "prior": {"kind": prior.kind, "eta": prior.eta},
         "threshold": float(b.threshold),
-        "test_accuracy": pruned_metrics["accuracy"],
-        "test_loss": pruned_metrics["loss"],
-        "before_pruning": {"test": final, **train.size_summary(before)},
-        "after_pruning": {"test": pruned_metrics, **train.size_summary(after)},
+        "test_accuracy": final_metrics["accuracy"],
+        "test_loss": final_metrics["loss"],
+        "before_pruning": {
+            "test": final,
+            **train.size_summary(before),
+            "xla_flops_per_example": xla_flops_before,
+        },
+        "after_pruning": {
+            "test": pruned_metrics,
+            **train.size_summary(after),
+            "xla_flops_per_example": xla_flops_after,
+        },
+        "after_finetuning": None if finetuned_metrics is None else {"test": finetuned_metrics},
+        "finetune_steps": int(b.get("finetune_steps", 0)),
         **train.size_summary(after),
         "planted_ranks": planted,
         "learned_ranks": learned,
         "prune_report": prune_report,
         "lambdas": {k: [np.asarray(v).tolist() for v in vs] for k, vs in lambdas.items()},
+        "readout_lambdas": {
+            k: [np.asarray(v).tolist() for v in vs] for k, vs in jax.device_get(readout).items()
+        },
+        "posterior_std_rms": {
+            k: [float(np.sqrt(np.mean(np.square(np.asarray(v))))) for v in vs]
+            for k, vs in jax.device_get(sigmas).items()
+        },
         "layers": after["layers"],
         "steps": num_steps,
         "wall_time_sec": time.perf_counter() - t0,

@@ -187,21 +187,6 @@ class _Compression:
     def phase2(self, model) -> tuple[nnx.Module, dict[str, float]]:
         """End-to-end fine-tuning in WORKDIR/phase2 (checkpointed, resumable)."""
         p2 = self.config.phase2
-        cfg = ml_collections.ConfigDict(
-            {
-                "seed": self.seed,
-                "batch_size": self.batch_size,
-                "eval_batch_size": self.eval_batch,
-                "log_every": int(self.config.get("log_every", 100)),
-                "eval_every": 0,
-                "checkpoint_every": int(p2.get("checkpoint_every", 500)),
-                "tensorboard": bool(self.config.get("tensorboard", True)),
-                "data": {"augment": self.config.get("augment", "none")},
-            }
-        )
-        tx = optax.adam(optax.cosine_decay_schedule(float(p2.learning_rate), int(p2.steps)))
-        model.train()
-        trainable = train.Trainable.create(model, tx)
         extra = None
         if float(p2.get("kd_weight", 0.0)) > 0:
             teacher_graph, teacher_state = nnx.split(self.teacher)
@@ -212,18 +197,17 @@ class _Compression:
                 t_logits = jax.lax.stop_gradient(teacher(*self.task.inputs(batch)))
                 return weight * kd_loss(logits, t_logits, temp)
 
-        loop = train.RunLoop(
-            cfg,
+        return train.finetune(
+            model,
+            self.config,
             os.path.join(self.workdir, "phase2"),
             self.task,
             self.ds,
-            trainable,
-            tx,
-            int(p2.steps),
+            steps=int(p2.steps),
+            learning_rate=float(p2.learning_rate),
+            checkpoint_every=int(p2.get("checkpoint_every", 500)),
             extra_loss=extra,
         )
-        result = loop.train()
-        return trainable.model(train=False), result
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -222,27 +222,38 @@ def make_train_step(
     tx: optax.GradientTransformation,
     task: Task,
     extra_loss: Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], jax.Array] | None = None,
+    objective: Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
+    | None = None,
 ) -> Callable:
     """A jitted `(state, batch) -> (state, metric sums)` with the NaN/Inf guard.
 
     `extra_loss(model, batch, outputs)`, if given, is added to the task's loss (e.g. a
     distillation term or a prior); the logged loss is the task's alone.
+    `objective(model, batch, step) -> (loss to minimise, outputs)`, if given, replaces the
+    task's mean loss (+ extra_loss) as what is minimised (e.g. a negative ELBO computed on
+    sampled weights); the logged loss is still the task's loss of `outputs`.
     """
     graph = trainable.train_graph
 
-    def loss_fn(params, rest, batch):
+    def loss_fn(params, rest, batch, step):
         # copy: fresh Variables at this trace level, so batch norm may update its statistics
         model = nnx.merge(graph, params, rest, copy=True)
-        out = model(*task.inputs(batch))
+        if objective is None:
+            out = model(*task.inputs(batch))
+        else:
+            total, out = objective(model, batch, step)
         loss_B, correct_B = task.loss(out, batch["label"])
         loss = jnp.mean(loss_B)
-        total = loss + (extra_loss(model, batch, out) if extra_loss is not None else 0.0)
+        if objective is None:
+            total = loss + (extra_loss(model, batch, out) if extra_loss is not None else 0.0)
         new_rest = nnx.split(model, nnx.Param, ...)[2]
         return total, (loss, jnp.sum(correct_B), new_rest)
 
     def train_step(state, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (loss, correct, new_rest)), grads = grad_fn(state["params"], state["rest"], batch)
+        (_, (loss, correct, new_rest)), grads = grad_fn(
+            state["params"], state["rest"], batch, state["step"]
+        )
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & _tree_all_finite(grads)
@@ -377,9 +388,20 @@ class RunLoop:
     """The loop shared by the trainers: resume, steps, logging, evaluation, checkpoints."""
 
     def __init__(
-        self, config, workdir, task, ds, trainable, tx, num_steps, extra_loss=None, on_log=None
+        self,
+        config,
+        workdir,
+        task,
+        ds,
+        trainable,
+        tx,
+        num_steps,
+        extra_loss=None,
+        on_log=None,
+        objective=None,
     ):
-        """`on_log(step, trainable)`, if given, runs after each progress line."""
+        """`on_log(step, trainable)`, if given, runs after each progress line;
+        `extra_loss` and `objective` are those of `make_train_step`."""
         self.on_log = on_log
         self.config, self.workdir, self.task, self.ds = config, workdir, task, ds
         self.trainable, self.num_steps = trainable, num_steps
@@ -388,7 +410,7 @@ class RunLoop:
         input_pipeline.check_batch_size(self.batch_size, mesh.size)
         self.batch_sharding = NamedSharding(mesh, P("data"))
         self.replicated = NamedSharding(mesh, P())
-        self.train_step = make_train_step(trainable, tx, task, extra_loss)
+        self.train_step = make_train_step(trainable, tx, task, extra_loss, objective)
         self.eval_step = make_eval_step(trainable, task)
         self.ckpt = Checkpointer(
             os.path.join(workdir, "checkpoints"), max_to_keep=int(config.get("max_checkpoints", 3))
@@ -514,6 +536,46 @@ class RunLoop:
                 f"{step}; stopped, {kept} in {self.ckpt.directory}. Lower the learning rate, "
                 "add gradient clipping (config.optimizer.grad_clip), or check the data."
             )
+
+
+def finetune(
+    model: nnx.Module,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    task: Task,
+    ds: input_pipeline.Dataset,
+    *,
+    steps: int,
+    learning_rate: float,
+    checkpoint_every: int = 500,
+    extra_loss: Callable | None = None,
+) -> tuple[nnx.Module, dict[str, float]]:
+    """End-to-end training of `model` (Adam, cosine from `learning_rate`) in `workdir`.
+
+    Checkpointed and resumable like any run; seed, batch sizes, logging, TensorBoard and
+    augmentation come from the parent run's `config`. Used after compression (phase 2) and
+    after Bayesian pruning. Returns the trained model (eval mode) and its test metrics.
+    """
+    cfg = ml_collections.ConfigDict(
+        {
+            "seed": int(config.seed),
+            "batch_size": int(config.batch_size),
+            "eval_batch_size": int(config.get("eval_batch_size", 1000)),
+            "log_every": int(config.get("log_every", 100)),
+            "eval_every": 0,
+            "checkpoint_every": int(checkpoint_every),
+            "tensorboard": bool(config.get("tensorboard", True)),
+            "data": {
+                "augment": config.get("augment", config.get("data", {}).get("augment", "none"))
+            },
+        }
+    )
+    tx = optax.adam(optax.cosine_decay_schedule(float(learning_rate), int(steps)))
+    model.train()
+    trainable = Trainable.create(model, tx)
+    loop = RunLoop(cfg, workdir, task, ds, trainable, tx, int(steps), extra_loss=extra_loss)
+    result = loop.train()
+    return trainable.model(train=False), result
 
 
 def load_trained(

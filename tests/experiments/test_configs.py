@@ -80,9 +80,15 @@ def _check_train_summary(name, config, summary, tmp_path):
 
 
 def _check_bayes_summary(config, summary, tmp_path):
-    (layer,) = summary["learned_ranks"]
-    learned = summary["learned_ranks"][layer]
-    assert all(1 <= r <= 16 for r in learned) and len(learned) == len(summary["planted_ranks"])
+    assert summary["learned_ranks"]
+    for row in summary["prune_report"].values():
+        before, after = row["ranks_before"], row["ranks_after"]
+        assert len(after) == len(before) and all(
+            1 <= a <= b for a, b in zip(after, before, strict=True)
+        )
+    if summary["planted_ranks"] is not None:
+        (learned,) = summary["learned_ranks"].values()
+        assert len(learned) == len(summary["planted_ranks"])
     assert summary["after_pruning"]["params"] <= summary["before_pruning"]["params"]
     assert np.isfinite(summary["test_loss"])
     assert (tmp_path / "lambdas.jsonl").exists()

@@ -31,7 +31,7 @@ from tnjax.models.dlrm import DLRM
 from tnjax.models.factory import LayerFactory, layer_name
 from tnjax.models.lenet import LeNet5
 from tnjax.models.mlp import MLP
-from tnjax.models.report import count_params, layer_report, model_report
+from tnjax.models.report import compiled_flops, count_params, layer_report, model_report
 from tnjax.models.resnet import ResNet50, ResNetCifar, resnet20, resnet32, resnet56
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "MLP",
     "DLRM",
     "layer_report",
+    "compiled_flops",
     "model_report",
     "count_params",
 ]

@@ -22,7 +22,7 @@ from flax import nnx
 from tnjax import nn as tnn
 from tnjax.models.factory import layer_name
 
-__all__ = ["layer_report", "model_report", "count_params", "LAYER_KINDS"]
+__all__ = ["layer_report", "model_report", "count_params", "compiled_flops", "LAYER_KINDS"]
 
 # Layer classes reported, with their kind; a subclass is reported as its base.
 LAYER_KINDS: dict[type, str] = {
@@ -176,6 +176,24 @@ def _row(module, path, kind, params, dense_params) -> dict[str, Any]:
         "params": params,
         "dense_params": dense_params,
     }
+
+
+def compiled_flops(module: nnx.Module, *example_inputs: Any) -> float:
+    """FLOPs of `module(*example_inputs)` as XLA counts them in the compiled forward.
+
+    A measurement of what actually runs (after XLA's simplifications), to check the cost
+    model's `flops`; backend-dependent, so compare numbers from the same backend only.
+    """
+    graph, state = nnx.split(module)
+
+    def forward(state, *inputs):
+        return nnx.merge(graph, state, copy=True)(*inputs)
+
+    compiled = jax.jit(forward).lower(state, *example_inputs).compile()
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older jax: one dict per device program
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0))
 
 
 def count_params(model: nnx.Module) -> int:
