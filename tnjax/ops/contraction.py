@@ -95,6 +95,23 @@ DEFAULT_COST_MODELS: dict[str, CostModel] = {
 }
 
 
+# The roofline ranks paths only to within about this fraction of their time: XLA's speed on
+# a pairwise step also depends on its layout (which dims are batch, which transposes it
+# needs), which the model does not see. Candidates estimated within the margin of the best
+# are treated as ties and the one with the fewest FLOPs wins. Measured on this CPU
+# (docs/benchmarks.md): TT-matrix 1024x1024 r8 B=256 went from memory_dp (1.17x
+# jnp.einsum's time) to cost_dp (0.97x); the Novikov case keeps memory_dp (the
+# FLOP-optimal order is 2.4x slower there and 1.3x+ more expensive in the model).
+COST_TIE_MARGIN = 0.10
+
+
+def _cost_choice(scored: Mapping[str, PathCost]) -> str:
+    """The cost strategy's pick: fewest FLOPs among the candidates within the tie margin."""
+    best = min(c.seconds for c in scored.values())
+    near = [k for k, c in scored.items() if c.seconds <= (1.0 + COST_TIE_MARGIN) * best]
+    return min(near, key=lambda k: (scored[k].flops, scored[k].seconds))
+
+
 def _default_cost_model() -> CostModel:
     return DEFAULT_COST_MODELS.get(jax.default_backend(), DEFAULT_COST_MODELS["gpu"])
 
@@ -778,7 +795,7 @@ def _plan_uncached(
         chosen_name, chosen = "explicit", _score(sub, path, model)
         strategy_name = "explicit"
     elif strategy in ("cost", "auto", True):
-        chosen_name = min(scored, key=lambda k: (scored[k].seconds, scored[k].flops))
+        chosen_name = _cost_choice(scored)
         chosen, strategy_name = scored[chosen_name], "cost"
     elif strategy == "flops":
         chosen_name = min(scored, key=lambda k: (scored[k].flops, scored[k].seconds))
@@ -1006,6 +1023,46 @@ def _execute(problem: _Problem, path: Path, precision, preferred, *operands):
     return y
 
 
+def _backward_path(plan: ContractionPlan) -> Path | None:
+    """The order to differentiate through, when the cost strategy's tie set offers a better one.
+
+    Among the candidates the cost model cannot tell apart (`COST_TIE_MARGIN`), the forward
+    takes the fewest FLOPs; reverse mode also stores and re-reads every intermediate, so
+    the backward goes through the one that writes the fewest bytes. Measured on this CPU:
+    TT-matrix 1024x1024 r8 B=256, forward+backward through the FLOP-lean order 2.48x dense,
+    through the byte-lean one 1.18x (docs/benchmarks.md). None when they coincide.
+    """
+    if plan.strategy != "cost" or not plan.candidates:
+        return None
+    best = min(c.seconds for c in plan.candidates.values())
+    near = [c for c in plan.candidates.values() if c.seconds <= (1.0 + COST_TIE_MARGIN) * best]
+    lean = min(near, key=lambda c: (c.bytes_written, c.seconds))
+    if lean.bytes_written >= plan.cost.bytes_written or tuple(lean.path) == tuple(plan.path):
+        return None
+    return lean.path
+
+
+def _execute_split(problem, forward, backward, precision, preferred, *operands):
+    """`_execute` along `forward`, differentiated along `backward` (a `custom_vjp`: the
+    backward pass recomputes the contraction along its own order and transposes that)."""
+
+    def along(path):
+        return lambda *ops: _execute(problem, path, precision, preferred, *ops)
+
+    @jax.custom_vjp
+    def run(*ops):
+        return along(forward)(*ops)
+
+    def run_fwd(*ops):
+        return along(forward)(*ops), ops
+
+    def run_bwd(ops, cotangent):
+        return jax.vjp(along(backward), *ops)[1](cotangent)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(*operands)
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -1187,4 +1244,9 @@ def contract(
             return (
                 jnp.transpose(x, [m.index(c) for c in problem.output]) if m != problem.output else x
             )
-        return _execute(problem, plan.path, precision, preferred_element_type, *arrays)
+        backward = _backward_path(plan)
+        if backward is None or not all(jnp.issubdtype(x.dtype, jnp.inexact) for x in arrays):
+            return _execute(problem, plan.path, precision, preferred_element_type, *arrays)
+        return _execute_split(
+            problem, plan.path, backward, precision, preferred_element_type, *arrays
+        )

@@ -1,0 +1,363 @@
+"""The benchmark suite: tnjax layers against the dense layers they replace (DESIGN.md section 4).
+
+For each canonical case, in one process (jitted, warmed up, interleaved rounds, median of
+best-of-burst): forward and forward+backward times of the tnjax layer, of the dense layer
+and, for the TT-matrix linears, of plain `jnp.einsum` (default path) on the same cores;
+their ratios to dense; the FLOPs of the path taken against opt_einsum's optimum and against
+dense; XLA's compiled memory for the embedding; one training step of LeNet-5 and ResNet-32,
+dense against 10%-compressed models; and the machine's roofline (a large float32 matmul's
+GFLOP/s and a streaming copy's GB/s, measured in the same run). With `--peers`, the
+TensorLy-Torch / TensorLy rows of `scripts/bench_peers.py` (when torch is installed).
+
+    python scripts/bench.py [--reps 10] [--only linear,conv,embed,train] [--peers] \\
+        [--out docs/results/bench.json]      # also writes docs/results/bench.md
+
+A benchmark, not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from bench_contract import median_times  # noqa: E402
+
+from tnjax import nn as tnn  # noqa: E402
+from tnjax.ops import contract_path  # noqa: E402
+
+# case id -> (batch, in modes, out modes, rank): the TT-matrix linears of DESIGN.md section 4
+LINEAR_CASES = {
+    "ttm_novikov_B100": (100, (2, 7, 8, 8, 7, 4), (4, 4, 4, 4, 4, 4), 4),
+    "ttm_1024_r8_B1": (1, (4, 4, 8, 8), (4, 4, 8, 8), 8),
+    "ttm_1024_r8_B256": (256, (4, 4, 8, 8), (4, 4, 8, 8), 8),
+}
+CONV_FORMATS = ("cp", "tucker", "tt", "tr", "rcp", "rtk", "rtt", "rtr")
+CONV_CASE = (128, 32, 64, 64, 3)  # batch, H = W, in, out, kernel
+EMBED_CASE = (10_131_227, 128, (200, 220, 250), (4, 4, 8), 16, 4096)
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def forward_and_grad(module: nnx.Module) -> tuple[Callable, Callable, nnx.State]:
+    """Jitted forward(state, x) and forward+backward(state, x) (grads of sum(out) w.r.t.
+    the params and x) of `module`, and its state."""
+    graph, state = nnx.split(module)
+
+    def forward(state, x):
+        return nnx.merge(graph, state, copy=True)(x)
+
+    def loss(state, x):
+        return jnp.sum(forward(state, x).astype(jnp.float32))
+
+    return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1))), state
+
+
+def time_pairs(entries: dict[str, tuple[Callable, tuple]], reps: int) -> dict[str, float]:
+    """Median seconds of each entry (interleaved rounds), via bench_contract's timer."""
+    return median_times(entries, reps)
+
+
+def roofline(reps: int) -> dict[str, float]:
+    """The machine's float32 matmul GFLOP/s (2048^3) and streaming copy GB/s (256 MB)."""
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    b = jax.random.normal(jax.random.key(1), (n, n))
+    big = jnp.ones((64 * 1024 * 1024,), jnp.float32)
+    t = time_pairs(
+        {
+            "matmul": (jax.jit(lambda x, y: x @ y), (a, b)),
+            "copy": (jax.jit(lambda x: x * 1.0001), (big,)),
+        },
+        max(3, reps // 2),
+    )
+    return {
+        "matmul_gflops": 2 * n**3 / t["matmul"] / 1e9,
+        "copy_gbytes_per_s": 2 * big.size * 4 / t["copy"] / 1e9,  # read + write
+    }
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def linear_case(name: str, reps: int) -> dict:
+    batch, rows, cols, rank = LINEAR_CASES[name]
+    n_in, n_out = math.prod(rows), math.prod(cols)
+    layer = tnn.Linear(
+        n_in, n_out, format="ttm", in_modes=rows, out_modes=cols, rank=rank, rngs=nnx.Rngs(0)
+    )
+    dense = nnx.Linear(n_in, n_out, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (batch, n_in))
+    t_fwd, t_grad, t_state = forward_and_grad(layer)
+    d_fwd, d_grad, d_state = forward_and_grad(dense)
+    cores = [c[...] for c in layer.cores]
+    spec, bias = layer.spec, layer.bias[...]
+
+    def einsum_forward(x, *cores):  # what a user would write by hand, bias included
+        return jnp.einsum(spec, x.reshape(batch, *rows), *cores).reshape(batch, n_out) + bias
+
+    def einsum_loss(cores, x):
+        return jnp.sum(einsum_forward(x, *cores))
+
+    times = time_pairs(
+        {
+            "dense fwd": (d_fwd, (d_state, x)),
+            "tnjax fwd": (t_fwd, (t_state, x)),
+            "jnp.einsum fwd": (jax.jit(einsum_forward), (x, *cores)),
+            "dense fwd+bwd": (d_grad, (d_state, x)),
+            "tnjax fwd+bwd": (t_grad, (t_state, x)),
+            "jnp.einsum fwd+bwd": (jax.jit(jax.grad(einsum_loss, argnums=(0, 1))), (cores, x)),
+        },
+        reps,
+    )
+    plan = contract_path(spec, (batch, *rows), *[c.shape for c in cores])
+    dense_flops = 2 * batch * n_in * n_out
+    return {
+        "case": name,
+        "kind": "linear",
+        "format": "ttm",
+        "params": layer.num_params,
+        "dense_params": n_in * n_out,
+        "times_ms": {k: v * 1e3 for k, v in times.items()},
+        "fwd_ratio": times["tnjax fwd"] / times["dense fwd"],
+        "fwd_bwd_ratio": times["tnjax fwd+bwd"] / times["dense fwd+bwd"],
+        "einsum_fwd_ratio": times["jnp.einsum fwd"] / times["dense fwd"],
+        "einsum_fwd_bwd_ratio": times["jnp.einsum fwd+bwd"] / times["dense fwd+bwd"],
+        "path": plan.chosen,
+        "flops_ratio": plan.cost.flops / dense_flops,
+        "flop_optimal_ratio": plan.flop_optimal.flops / dense_flops,
+    }
+
+
+def conv_case(fmt: str, reps: int) -> dict:
+    batch, hw, c_in, c_out, k = CONV_CASE
+    layer = tnn.Conv(c_in, c_out, k, format=fmt, compression=0.1, rngs=nnx.Rngs(0))
+    dense = nnx.Conv(c_in, c_out, (k, k), padding="SAME", rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (batch, hw, hw, c_in))
+    t_fwd, t_grad, t_state = forward_and_grad(layer)
+    d_fwd, d_grad, d_state = forward_and_grad(dense)
+    times = time_pairs(
+        {
+            "dense fwd": (d_fwd, (d_state, x)),
+            "tnjax fwd": (t_fwd, (t_state, x)),
+            "dense fwd+bwd": (d_grad, (d_state, x)),
+            "tnjax fwd+bwd": (t_grad, (t_state, x)),
+        },
+        reps,
+    )
+    cost = layer.cost(x.shape)
+    return {
+        "case": f"conv3x3_64_32x32_B128_{fmt}10",
+        "kind": "conv",
+        "format": fmt,
+        "params": cost["params"],
+        "dense_params": cost["dense_params"],
+        "times_ms": {k: v * 1e3 for k, v in times.items()},
+        "fwd_ratio": times["tnjax fwd"] / times["dense fwd"],
+        "fwd_bwd_ratio": times["tnjax fwd+bwd"] / times["dense fwd+bwd"],
+        "path": cost["path"],
+        "flops_ratio": cost["flops"] / cost["dense_flops"],
+        "ranks": list(cost["ranks"]),
+    }
+
+
+def embed_case(reps: int) -> dict:
+    vocab, features, vocab_modes, feature_modes, rank, batch = EMBED_CASE
+    table = tnn.Embed(
+        vocab,
+        features,
+        format="ttm",
+        rank=rank,
+        vocab_modes=vocab_modes,
+        feature_modes=feature_modes,
+        rngs=nnx.Rngs(0),
+    )
+    ids = jax.random.randint(jax.random.key(1), (batch,), 0, vocab)
+    graph, state = nnx.split(table)
+
+    def loss(state, ids):
+        return jnp.sum(nnx.merge(graph, state, copy=True)(ids))
+
+    step = jax.jit(jax.grad(loss))
+    compiled = step.lower(state, ids).compile()
+    mem = compiled.memory_analysis()
+    times = time_pairs({"tnjax fwd+bwd": (step, (state, ids))}, reps)
+    dense_bytes = vocab * features * 4
+    return {
+        "case": "ttm_embed_10131227x128_r16_4096ids",
+        "kind": "embed",
+        "format": "ttm",
+        "params": table.num_params,
+        "dense_params": vocab * features,
+        "times_ms": {k: v * 1e3 for k, v in times.items()},
+        "memory_bytes": {
+            "temp": int(mem.temp_size_in_bytes),
+            "arguments": int(mem.argument_size_in_bytes),
+            "outputs": int(mem.output_size_in_bytes),
+            "total": int(
+                mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+            ),
+            "dense_table": dense_bytes,
+        },
+    }
+
+
+def train_step_cases(reps: int) -> list[dict]:
+    """One training step (the trainer's own jitted step) of dense vs 10% models."""
+    import optax
+
+    from experiments import train
+    from tnjax import models
+
+    out = []
+    specs = (
+        ("lenet5", (28, 28, 1), 10, 128, ("dense", "rcp", "rtt")),
+        ("resnet32", (32, 32, 3), 10, 128, ("dense", "rcp", "rtt")),
+    )
+    for name, shape, classes, batch, formats in specs:
+        entries, info = {}, {}
+        x = np.random.default_rng(0).normal(size=(batch, *shape)).astype(np.float32)
+        y = np.random.default_rng(1).integers(0, classes, batch).astype(np.int32)
+        data = jax.device_put({"image": x, "label": y})
+        for fmt in formats:
+            spec = {"format": fmt, "conv_format": fmt, "compression": 0.1}
+            layers = None if fmt == "dense" else {"default": spec}
+            model = models.create_model(name, num_classes=classes, layers=layers, rngs=nnx.Rngs(0))
+            report = models.model_report(model, jnp.zeros((1, *shape)))
+            tx = optax.adam(1e-3)
+            trainable = train.Trainable.create(model, tx)
+            step = train.make_train_step(trainable, tx, train.TASKS["classification"])
+            state = {"s": trainable.state}
+
+            def run(batch, step=step, state=state):
+                state["s"], sums = step(state["s"], batch)
+                return sums
+
+            entries[fmt] = (run, (data,))
+            info[fmt] = {"params": report["params"], "compression": report["compression"]}
+        times = time_pairs(entries, reps)
+        for fmt in formats:
+            out.append(
+                {
+                    "case": f"train_step_{name}_B{batch}_{fmt}",
+                    "kind": "train_step",
+                    "format": fmt,
+                    "params": info[fmt]["params"],
+                    "compression": info[fmt]["compression"],
+                    "times_ms": {"step": times[fmt] * 1e3},
+                    "ratio": times[fmt] / times["dense"],
+                }
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown(result: dict) -> str:
+    roof = result["roofline"]
+    lines = [
+        f"Machine: {result['meta']['machine']}, {result['meta']['cpu_count']} CPUs, "
+        f"backend {result['meta']['backend']}, jax {result['meta']['jax']}; "
+        f"{result['meta']['reps']} interleaved rounds, median of best-of-burst. Roofline "
+        f"measured in the same run: float32 matmul {roof['matmul_gflops']:.1f} GFLOP/s, "
+        f"streaming copy {roof['copy_gbytes_per_s']:.1f} GB/s.",
+        "",
+        "| case | format | params / dense | fwd ms (dense) | fwd ratio | fwd+bwd ms (dense) "
+        "| fwd+bwd ratio | jnp.einsum fwd / fwd+bwd | FLOPs / dense (optimum) | path |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        t = r["times_ms"]
+        if r["kind"] in ("linear", "conv"):
+            ein = (
+                f"{r['einsum_fwd_ratio']:.3f}x / {r['einsum_fwd_bwd_ratio']:.3f}x"
+                if "einsum_fwd_ratio" in r
+                else "-"
+            )
+            opt = f" ({r['flop_optimal_ratio']:.3f})" if "flop_optimal_ratio" in r else ""
+            lines.append(
+                f"| {r['case']} | {r['format']} | {r['params'] / r['dense_params']:.4f} "
+                f"| {t['tnjax fwd']:.3f} ({t['dense fwd']:.3f}) | **{r['fwd_ratio']:.3f}x** "
+                f"| {t['tnjax fwd+bwd']:.3f} ({t['dense fwd+bwd']:.3f}) "
+                f"| **{r['fwd_bwd_ratio']:.3f}x** | {ein} | {r['flops_ratio']:.3f}{opt} "
+                f"| {r['path']} |"
+            )
+        elif r["kind"] == "embed":
+            m = r["memory_bytes"]
+            lines.append(
+                f"| {r['case']} | ttm | {r['params']:,} params | - | - "
+                f"| {t['tnjax fwd+bwd']:.3f} | - | - | XLA memory {m['total'] / 2**20:.1f} MB "
+                f"(temp {m['temp'] / 2**20:.1f} MB); dense table {m['dense_table'] / 2**30:.2f} GB "
+                "| - |"
+            )
+        else:
+            lines.append(
+                f"| {r['case']} | {r['format']} | {r['compression']:.4f} | - | - "
+                f"| {t['step']:.2f} | **{r['ratio']:.3f}x** | - | - | - |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--only", default="linear,conv,embed,train")
+    parser.add_argument("--peers", action="store_true")
+    parser.add_argument("--out", default="", help="JSON path (a .md table is written beside)")
+    args = parser.parse_args(argv)
+    parts = set(args.only.split(","))
+    unknown = parts - {"linear", "conv", "embed", "train"}
+    if unknown:
+        parser.error(f"--only: unknown part(s) {sorted(unknown)}")
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "reps": args.reps,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python scripts/bench.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    rows = []
+    if "linear" in parts:
+        rows += [linear_case(name, args.reps) for name in LINEAR_CASES]
+    if "conv" in parts:
+        rows += [conv_case(fmt, args.reps) for fmt in CONV_FORMATS]
+    if "embed" in parts:
+        rows.append(embed_case(args.reps))
+    if "train" in parts:
+        rows += train_step_cases(max(3, args.reps // 2))
+    result = {"meta": meta, "roofline": roofline(args.reps), "rows": rows}
+    if args.peers:
+        import bench_peers
+
+        result["peers"] = bench_peers.run(reps=args.reps)
+    table = markdown(result)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()
