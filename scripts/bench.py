@@ -226,8 +226,8 @@ def train_step_cases(reps: int) -> list[dict]:
 
     out = []
     specs = (
-        ("lenet5", (28, 28, 1), 10, 128, ("dense", "rcp", "rtt")),
-        ("resnet32", (32, 32, 3), 10, 128, ("dense", "rcp", "rtt")),
+        ("lenet5", (28, 28, 1), 10, 128, ("dense", "tt", "tucker")),
+        ("resnet32", (32, 32, 3), 10, 128, ("dense", "tt", "tucker")),
     )
     for name, shape, classes, batch, formats in specs:
         entries, info = {}, {}
@@ -350,6 +350,10 @@ def main(argv=None) -> dict:
 
         result["peers"] = bench_peers.run(reps=args.reps)
     table = markdown(result)
+    if result.get("peers"):
+        import bench_peers
+
+        table += "\n" + bench_peers.markdown_table(result["peers"])
     print(table)
     if args.out:
         with open(args.out, "w") as f:
