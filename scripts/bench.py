@@ -199,7 +199,7 @@ def embed_case(reps: int) -> dict:
     times = time_pairs({"tnjax fwd+bwd": (step, (state, ids))}, reps)
     dense_bytes = vocab * features * 4
     return {
-        "case": "ttm_embed_10131227x128_r16_4096ids",
+        "case": f"ttm_embed_{vocab}x{features}_r{rank}_{batch}ids",
         "kind": "embed",
         "format": "ttm",
         "params": table.num_params,
