@@ -67,11 +67,8 @@ def get_config(arg: str | None = None):
     vocab = _VOCAB if args.vocab == "criteo_like" else _SMALL_VOCAB
     if args.format not in ("ttm", "tt", "cp", "tucker"):
         raise ValueError(f"format={args.format!r}: choose one of ttm, tt, cp, tucker")
-    if args.prior not in ("half_cauchy", "log_uniform", "none"):
-        raise ValueError(f"prior={args.prior!r}: choose half_cauchy, log_uniform or none")
-    suffix = "fixed" if args.prior == "none" else args.inference
-    c = common.base_config(f"bayes_dlrm_{args.format}_{suffix}")
-    c.trainer = "bayes" if args.prior != "none" else "train"
+    c = common.base_config(f"bayes_dlrm_{args.format}")
+    common.apply_prior(c, args)
     c.task = "ctr"
     c.seed = args.seed
     c.data.name = "synthetic_clicks"
@@ -89,9 +86,6 @@ def get_config(arg: str | None = None):
     c.model.layers.overrides = {
         f"emb{t}": _table_spec(args.format, v, args.max_rank) for t, v in enumerate(vocab)
     }
-    if args.prior != "none":
-        c.bayes = common.bayes_config(args.prior, args.eta, args.inference)
-        c.bayes.prior_weight = args.prior_weight
     c.optimizer.learning_rate = 2e-3
     c.optimizer.schedule = "cosine"
     c.batch_size = 256

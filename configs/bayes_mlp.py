@@ -38,12 +38,10 @@ def get_config(arg: str | None = None):
         epochs=15.0,
         seed=0,
     )
-    if args.prior not in ("half_cauchy", "log_uniform", "none"):
-        raise ValueError(f"prior={args.prior!r}: choose half_cauchy, log_uniform or none")
     if args.format == "dense" and args.prior != "none":
         raise ValueError("format=dense has no ranks to learn: use it with prior=none")
-    suffix = "fixed" if args.prior == "none" else args.inference
-    c = common.base_config(f"bayes_mlp_{args.format}_{suffix}")
+    c = common.base_config(f"bayes_mlp_{args.format}")
+    common.apply_prior(c, args)
     c.seed = args.seed
     c.data.name = "fashion_mnist"
     c.model.name = "mlp"
@@ -53,12 +51,6 @@ def get_config(arg: str | None = None):
         fc1.update(_MODES)
     if args.format != "dense":
         c.model.layers.overrides = {"fc1": fc1}
-    if args.prior == "none":
-        c.trainer = "train"
-    else:
-        c.trainer = "bayes"
-        c.bayes = common.bayes_config(args.prior, args.eta, args.inference)
-        c.bayes.prior_weight = args.prior_weight
     c.optimizer.learning_rate = 3e-3
     c.optimizer.schedule = "cosine"
     c.batch_size = 128

@@ -158,6 +158,25 @@ def compress_config(name: str) -> ml_collections.ConfigDict:
     return c
 
 
+def apply_prior(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
+    """The prior args (prior, eta, inference, prior_weight) of a Bayesian-rank config.
+
+    `prior=none` trains at the fixed max ranks without a prior (trainer `train`), the
+    baseline of each `bayes_*` config; otherwise trainer `bayes` with `config.bayes`. The run
+    name gets `_fixed` or `_<inference>` appended.
+    """
+    if args.prior not in ("half_cauchy", "log_uniform", "none"):
+        raise ValueError(f"prior={args.prior!r}: choose half_cauchy, log_uniform or none")
+    if args.prior == "none":
+        c.trainer = "train"
+        c.name = f"{c.name}_fixed"
+        return
+    c.trainer = "bayes"
+    c.name = f"{c.name}_{args.inference}"
+    c.bayes = bayes_config(args.prior, args.eta, args.inference)
+    c.bayes.prior_weight = args.prior_weight
+
+
 def bayes_config(prior: str = "half_cauchy", eta: float = 1.0, inference: str = "map"):
     """`config.bayes` of the `bayes` trainer (priors, inference, read-out threshold)."""
     return ml_collections.ConfigDict(

@@ -207,6 +207,27 @@ def load_pruned(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
     return pruned
 
 
+def attach_priors(model: nnx.Module, config: ml_collections.ConfigDict, prior) -> None:
+    """Puts the initial lambdas (and, for SVI, the posterior log sigmas) on the model."""
+    attach_lambdas(model, bayes.init_lambdas(model, prior))
+    if config.bayes.inference == "svi":
+        svi.attach_scales(model, float(config.bayes.get("svi_init_scale", 1e-3)))
+
+
+def objective_of(config: ml_collections.ConfigDict, task: train.Task, prior, num_data: int):
+    """The training objective `config.bayes` asks for (MAP/EM or SVI) on N = num_data."""
+    b = config.bayes
+    weight = float(b.prior_weight) / num_data  # the minibatch's N/B-scaled share
+    kl = (int(b.get("kl_delay_steps", 0)), int(b.get("kl_warmup_steps", 0)))
+    step_size = float(b.em_step_size)
+    if b.inference == "svi":
+        task_name = config.get("task", "classification")
+        return svi_objective(
+            task, task_name, prior, weight, step_size, kl, num_data, int(config.seed)
+        )
+    return map_objective(task, prior, weight, step_size, kl)
+
+
 def _log_lambdas(workdir: str):
     def on_log(step: int, trainable: train.Trainable) -> None:
         lam = jax.device_get(lambdas_of(trainable.model()))
@@ -273,21 +294,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"(supported: {bayes.SUPPORTED_FORMATS}); set config.model.layers"
         )
     prior = prior_of(config)
-    attach_lambdas(model, bayes.init_lambdas(model, prior))
-    if b.inference == "svi":
-        svi.attach_scales(model, float(b.get("svi_init_scale", 1e-3)))
+    attach_priors(model, config, prior)
     tx = optim.make_optimizer(config.optimizer, num_steps)
     trainable = train.Trainable.create(model, tx)
-    weight = float(b.prior_weight) / ds.num_train  # the minibatch's N/B-scaled share
-    kl = (int(b.get("kl_delay_steps", 0)), int(b.get("kl_warmup_steps", 0)))
-    step_size = float(b.em_step_size)
-    if b.inference == "svi":
-        task_name = config.get("task", "classification")
-        objective = svi_objective(
-            task, task_name, prior, weight, step_size, kl, ds.num_train, int(config.seed)
-        )
-    else:
-        objective = map_objective(task, prior, weight, step_size, kl)
+    objective = objective_of(config, task, prior, ds.num_train)
     run = train.RunLoop(
         config,
         workdir,
@@ -357,9 +367,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "learned_ranks": learned,
         "prune_report": prune_report,
         "lambdas": {k: [np.asarray(v).tolist() for v in vs] for k, vs in lambdas.items()},
-        "readout_lambdas": {
-            k: [np.asarray(v).tolist() for v in vs] for k, vs in jax.device_get(readout).items()
-        },
+        "readout_lambdas": {k: [np.asarray(v).tolist() for v in vs] for k, vs in readout.items()},
         "posterior_std_rms": {
             k: [float(np.sqrt(np.mean(np.square(np.asarray(v))))) for v in vs]
             for k, vs in jax.device_get(sigmas).items()

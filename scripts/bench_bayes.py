@@ -30,8 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bayes as bayes_trainer  # noqa: E402
 from experiments import input_pipeline, optim, train  # noqa: E402
-from tnjax import bayes  # noqa: E402
-from tnjax.bayes import svi  # noqa: E402
 
 # (label, config module, config arg): the configs' full-size models, quick data
 CASES = (
@@ -50,21 +48,14 @@ def build_steps(module: str, arg: str):
     ds = input_pipeline.load_dataset(train.data_config(config))
     task = train.task_of(config)
     prior = bayes_trainer.prior_of(config)
-    b = config.bayes
-    weight, kl = float(b.prior_weight) / ds.num_train, (0, 0)
     steps, states = {}, {}
     for kind in KINDS:
         model = train.build_model(config, ds)
         objective = None
         if kind != "fixed":
-            bayes_trainer.attach_lambdas(model, bayes.init_lambdas(model, prior))
-        if kind == "map":
-            objective = bayes_trainer.map_objective(task, prior, weight, 1.0, kl)
-        elif kind == "svi":
-            svi.attach_scales(model, 1e-3)
-            objective = bayes_trainer.svi_objective(
-                task, config.task, prior, weight, 1.0, kl, ds.num_train, 0
-            )
+            config.bayes.inference = kind
+            bayes_trainer.attach_priors(model, config, prior)
+            objective = bayes_trainer.objective_of(config, task, prior, ds.num_train)
         tx = optim.make_optimizer(config.optimizer, 1000)
         trainable = train.Trainable.create(model, tx)
         steps[kind] = train.make_train_step(trainable, tx, task, objective=objective)

@@ -105,11 +105,15 @@ DEFAULT_COST_MODELS: dict[str, CostModel] = {
 COST_TIE_MARGIN = 0.10
 
 
+def _cost_ties(scored: Mapping[str, PathCost]) -> list[str]:
+    """Names of the candidates estimated within `COST_TIE_MARGIN` of the best."""
+    best = min(c.seconds for c in scored.values())
+    return [k for k, c in scored.items() if c.seconds <= (1.0 + COST_TIE_MARGIN) * best]
+
+
 def _cost_choice(scored: Mapping[str, PathCost]) -> str:
     """The cost strategy's pick: fewest FLOPs among the candidates within the tie margin."""
-    best = min(c.seconds for c in scored.values())
-    near = [k for k, c in scored.items() if c.seconds <= (1.0 + COST_TIE_MARGIN) * best]
-    return min(near, key=lambda k: (scored[k].flops, scored[k].seconds))
+    return min(_cost_ties(scored), key=lambda k: (scored[k].flops, scored[k].seconds))
 
 
 def _default_cost_model() -> CostModel:
@@ -1034,8 +1038,7 @@ def _backward_path(plan: ContractionPlan) -> Path | None:
     """
     if plan.strategy != "cost" or not plan.candidates:
         return None
-    best = min(c.seconds for c in plan.candidates.values())
-    near = [c for c in plan.candidates.values() if c.seconds <= (1.0 + COST_TIE_MARGIN) * best]
+    near = [plan.candidates[k] for k in _cost_ties(plan.candidates)]
     lean = min(near, key=lambda c: (c.bytes_written, c.seconds))
     if lean.bytes_written >= plan.cost.bytes_written or tuple(lean.path) == tuple(plan.path):
         return None
