@@ -302,8 +302,8 @@ def markdown(result: dict) -> str:
             m = r["memory_bytes"]
             lines.append(
                 f"| {r['case']} | ttm | {r['params']:,} params | - | - "
-                f"| {t['tnjax fwd+bwd']:.3f} | - | - | XLA memory {m['total'] / 2**20:.1f} MB "
-                f"(temp {m['temp'] / 2**20:.1f} MB); dense table {m['dense_table'] / 2**30:.2f} GB "
+                f"| {t['tnjax fwd+bwd']:.3f} | - | - | XLA memory {m['total'] / 1e6:.1f} MB "
+                f"(temp {m['temp'] / 1e6:.1f} MB); dense table {m['dense_table'] / 1e9:.2f} GB "
                 "| - |"
             )
         else:
