@@ -111,8 +111,21 @@ def base_config(name: str) -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.max_checkpoints = 3
     c.tensorboard = True
+    c.mesh = mesh_config()
     c.debug = ml_collections.ConfigDict({"kill_at_step": -1})  # tests: SIGKILL after this step
     return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """`config.mesh`: the device mesh and which state arrays are split along `model`.
+
+    data -1: every device not on `model`. shard_params: a regex searched in each state
+    array's path (e.g. "tables" for DLRM's embedding cores; "" = replicate everything);
+    shard_min_size: only arrays with at least this many elements. See experiments/sharding.py.
+    """
+    return ml_collections.ConfigDict(
+        {"data": -1, "model": 1, "shard_params": "", "shard_min_size": 0}
+    )
 
 
 def apply_layers(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
@@ -154,6 +167,7 @@ def compress_config(name: str) -> ml_collections.ConfigDict:
     c.curve_every = 0  # evaluate every N steps of phase 1 / end-to-end (0: no curves)
     c.log_every = 100
     c.tensorboard = True
+    c.mesh = mesh_config()
     c.debug = ml_collections.ConfigDict({"kill_at_step": -1})
     return c
 

@@ -53,7 +53,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from experiments import input_pipeline, metrics, optim, train
+from experiments import input_pipeline, metrics, optim, sharding, train
 from experiments.checkpoint import Checkpointer, write_json
 from tnjax import bayes, models
 from tnjax.bayes import svi
@@ -235,8 +235,9 @@ def _log_lambdas(workdir: str):
             "step": int(step),
             "lambdas": {k: [np.asarray(v).tolist() for v in vs] for k, vs in lam.items()},
         }
-        with open(os.path.join(workdir, LAMBDAS_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if sharding.is_primary_process():
+            with open(os.path.join(workdir, LAMBDAS_FILE), "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     return on_log
 
@@ -244,7 +245,7 @@ def _log_lambdas(workdir: str):
 def plot_lambdas(workdir: str, path: str) -> str | None:
     """log10(lambda_r) against step, one panel per rank group."""
     records = metrics.read_metrics(workdir, LAMBDAS_FILE)
-    if not records:
+    if not records or not sharding.is_primary_process():
         return None
     import matplotlib
 

@@ -5,6 +5,10 @@ included, round-trips) next to a JSON description of the tree (key paths, shapes
 for people and for a clear error when a workdir holds a different model. Orbax writes each
 step to a temporary directory and renames it when complete, so a run killed mid-save
 (even `kill -9`) resumes from the previous complete checkpoint.
+
+Arrays are saved as global arrays (each process writes its own shards; orbax coordinates
+the processes of a multi-host run) and restored onto whatever shardings the restoring run
+asks for, so a checkpoint written on 4 devices restores on 1 and vice versa.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from experiments.sharding import is_primary_process
 
 __all__ = ["Checkpointer", "CheckpointMismatchError", "describe_tree"]
 
@@ -66,7 +72,10 @@ class Checkpointer:
     def save(self, step: int, state: Any) -> None:
         """Writes `state` as checkpoint `step` (blocks until it is on disk)."""
         leaves = jax.tree.leaves(state)
-        items = {_leaf_key(i): np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)}
+        items = {
+            _leaf_key(i): x if isinstance(x, jax.Array) else np.asarray(x)
+            for i, x in enumerate(leaves)
+        }
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -77,8 +86,13 @@ class Checkpointer:
         )
         self._manager.wait_until_finished()
 
-    def restore(self, like: Any, step: int | None = None) -> Any:
+    def restore(self, like: Any, step: int | None = None, *, shardings: Any = None) -> Any:
         """The checkpoint `step` (default: the latest) as a pytree shaped like `like`.
+
+        `shardings`, if given, is a pytree like `like` (a prefix of it) with a
+        `jax.sharding.Sharding` (or None: a host numpy array) per leaf; arrays are read
+        straight into them, whatever the mesh of the run that saved them. Without
+        `shardings` every leaf comes back as a numpy array.
 
         Raises:
           FileNotFoundError: no checkpoint.
@@ -100,11 +114,10 @@ class Checkpointer:
                 "config that wrote it."
             )
         leaves, treedef = jax.tree.flatten(like)
+        targets = [None] * len(leaves) if shardings is None else treedef.flatten_up_to(shardings)
         abstract = {
-            _leaf_key(i): jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
-            if not hasattr(x, "dtype")
-            else jax.ShapeDtypeStruct(x.shape, x.dtype)
-            for i, x in enumerate(leaves)
+            _leaf_key(i): _restore_target(x, target)
+            for i, (x, target) in enumerate(zip(leaves, targets, strict=True))
         }
         restored = self._manager.restore(
             step, args=ocp.args.Composite(leaves=ocp.args.StandardRestore(abstract))
@@ -114,6 +127,15 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _restore_target(like: Any, sharding: jax.sharding.Sharding | None) -> Any:
+    """What orbax restores a leaf as: a jax.Array on `sharding`, or without one a host
+    numpy array (whatever devices the checkpoint was written from)."""
+    dtype = like.dtype if hasattr(like, "dtype") else np.asarray(like).dtype
+    if sharding is None:
+        return np.empty(np.shape(like), dtype)
+    return jax.ShapeDtypeStruct(np.shape(like), dtype, sharding=sharding)
 
 
 def _first_difference(saved: list[dict], like: list[dict]) -> str:
@@ -129,7 +151,9 @@ def _first_difference(saved: list[dict], like: list[dict]) -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Atomically writes `obj` as indented JSON."""
+    """Atomically writes `obj` as indented JSON (on the primary process only)."""
+    if not is_primary_process():
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)

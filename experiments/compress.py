@@ -39,7 +39,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import input_pipeline, train
+from experiments import input_pipeline, sharding, train
 from experiments.checkpoint import Checkpointer, write_json
 from tnjax import compress as tnc
 from tnjax import models
@@ -335,6 +335,8 @@ def _read_json(path: str) -> dict:
 
 
 def _plot(summary: Mapping[str, Any], path: str) -> None:
+    if not sharding.is_primary_process():
+        return
     records = []
     for name in ("phase1", "end_to_end"):
         for step, acc in summary["curves"][name]:

@@ -55,6 +55,8 @@ __all__ = [
     "train_batch",
     "eval_batches",
     "shard_batch",
+    "process_slice",
+    "process_rows",
     "check_batch_size",
 ]
 
@@ -1060,25 +1062,67 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return perm
 
 
-def _pad_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
-    """Zero-pads (B, H, W, C) by `pad`, crops a random H x W window and flips half of them."""
+def _pad_crop_flip(
+    images: np.ndarray, rng: np.random.Generator, rows: slice = slice(None), total: int = 0
+) -> np.ndarray:
+    """Zero-pads (B, H, W, C) by 4, crops a random H x W window and flips half of them.
+
+    `images` may be the rows `rows` of a batch of `total`: the draws are made for the whole
+    batch and sliced, so a process's rows are augmented exactly as in a one-process run.
+    """
+    pad = 4
     b, h, w, _ = images.shape
+    total = total or b
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    top = rng.integers(0, 2 * pad + 1, size=b)
-    left = rng.integers(0, 2 * pad + 1, size=b)
-    rows = top[:, None] + np.arange(h)  # (B, H)
-    cols = left[:, None] + np.arange(w)  # (B, W)
-    out = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return _flip(out, rng)
+    top = rng.integers(0, 2 * pad + 1, size=total)[rows]
+    left = rng.integers(0, 2 * pad + 1, size=total)[rows]
+    r = top[:, None] + np.arange(h)  # (B, H)
+    c = left[:, None] + np.arange(w)  # (B, W)
+    out = padded[np.arange(b)[:, None, None], r[:, :, None], c[:, None, :]]
+    return _flip(out, rng, rows, total)
 
 
-def _flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    flip = rng.random(images.shape[0]) < 0.5
+def _flip(
+    images: np.ndarray, rng: np.random.Generator, rows: slice = slice(None), total: int = 0
+) -> np.ndarray:
+    flip = (rng.random(total or images.shape[0]) < 0.5)[rows]
     return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
+def process_slice(batch_size: int, process: tuple[int, int] = (0, 1)) -> slice:
+    """The rows [i B/P, (i+1) B/P) of a global batch of B that process i of P feeds.
+
+    Raises:
+      ValueError: P does not divide B, or i is not in [0, P).
+    """
+    index, count = process
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"process {index} of {count}: need 0 <= index < count")
+    if batch_size % count:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {count} processes that feed it; "
+            f"use a multiple of {count}"
+        )
+    per = batch_size // count
+    return slice(index * per, (index + 1) * per)
+
+
+def process_rows(batch: Mapping[str, np.ndarray], process: tuple[int, int]) -> dict:
+    """This process's rows (`process_slice`) of every column of a global batch."""
+    if process[1] == 1:
+        return dict(batch)
+    rows = process_slice(len(next(iter(batch.values()))), process)
+    return {key: value[rows] for key, value in batch.items()}
+
+
 def train_batch(
-    ds: Dataset, step: int, batch_size: int, *, seed: int, augment: str | None = None
+    ds: Dataset,
+    step: int,
+    batch_size: int,
+    *,
+    seed: int,
+    augment: str | None = None,
+    process: tuple[int, int] = (0, 1),
 ) -> dict[str, np.ndarray]:
     """The training batch of a step, a pure function of (seed, step).
 
@@ -1089,14 +1133,17 @@ def train_batch(
     Args:
       ds: the dataset.
       step: global step, >= 0.
-      batch_size: examples per batch (for the whole process).
+      batch_size: examples per global batch (over all processes).
       seed: non-negative int.
       augment: None / "none"; "cifar" (zero-pad 4, random crop back to H x W, random
         horizontal flip); "imagenet" (random flip; for a lazy split, a random-resized crop
         and flip while decoding).
+      process: (index, count): return only the rows `process_slice` gives this process
+        (reading only those); the same rows, augmented alike, as in a one-process run,
+        except a lazy split's "imagenet" crops, drawn per process.
 
     Returns:
-      The columns of the batch, each with leading size batch_size, e.g.
+      The columns of the batch, each with leading size batch_size / count, e.g.
       {"image": (B, H, W, C) float32, "label": (B,) int32}.
     """
     if augment not in AUGMENTATIONS:
@@ -1106,9 +1153,12 @@ def train_batch(
     n = ds.num_train
     spe = steps_per_epoch(n, batch_size)
     epoch, i = divmod(int(step), spe)
-    idx = _epoch_permutation(int(seed), epoch, n)[i * batch_size : (i + 1) * batch_size]
+    rows = process_slice(batch_size, process)
+    idx = _epoch_permutation(int(seed), epoch, n)[i * batch_size : (i + 1) * batch_size][rows]
     rng = np.random.default_rng([int(seed), int(step), 1])
     if isinstance(ds.train, LazySplit):
+        if process[1] > 1:
+            rng = np.random.default_rng([int(seed), int(step), 1, process[0]])
         batch = ds.train.take(idx, rng=rng if augment == "imagenet" else None)
         if augment == "imagenet":
             return batch  # the crop and flip happened while decoding
@@ -1122,7 +1172,10 @@ def train_batch(
             f"{ {k: np.shape(v) for k, v in batch.items()} }"
         )
     images = batch["image"]
-    batch["image"] = _pad_crop_flip(images, rng) if augment == "cifar" else _flip(images, rng)
+    if augment == "cifar":
+        batch["image"] = _pad_crop_flip(images, rng, rows, batch_size)
+    else:
+        batch["image"] = _flip(images, rng, rows, batch_size)
     return batch
 
 

@@ -3,6 +3,12 @@
 The config's `trainer` field picks the trainer (see TRAINERS); `--config.a.b=v` overrides a
 field (the config is locked, so a mistyped key is an error). Rerunning with the same workdir
 resumes from its newest checkpoint.
+
+Several devices: `config.mesh` (see experiments/sharding.py) lays out the run over every
+device. Several hosts (a TPU pod slice, GPU nodes): start the same command on every host with
+`--multihost`, which calls `jax.distributed.initialize()` first (the coordinator is found
+from the TPU / SLURM / Open MPI environment, or given with --coordinator_address,
+--num_processes and --process_id); see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -20,6 +26,14 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/NAME.py[:ARGS]).", lock_config=True
 )
 flags.mark_flag_as_required("config")
+flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first (one process per host)."
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multihost; default: auto-detect)."
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes (multihost; default: auto).")
+flags.DEFINE_integer("process_id", None, "This process's index (multihost; default: auto).")
 
 # trainer name -> module with train_and_evaluate(config, workdir)
 TRAINERS = {
@@ -37,6 +51,28 @@ def run(config, workdir: str) -> dict:
     return module.train_and_evaluate(config, workdir)
 
 
+def initialize_multihost(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """`jax.distributed.initialize()`, then logs this process's place in the job."""
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    logging.info(
+        "process %d of %d: %d local devices, %d in all",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+
+
 def _quiet_libraries(record) -> bool:
     """Drops the INFO chatter of orbax and jax (dozens of lines per checkpoint); 30 = WARNING."""
     noisy = ("/orbax/", "/jax/_src/", "/tensorboardX/")
@@ -51,6 +87,10 @@ def main(argv: list[str]) -> None:
     from experiments.input_pipeline import DatasetError
     from experiments.train import NonFiniteLossError
 
+    if FLAGS.multihost:
+        initialize_multihost(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes)):
+        raise app.UsageError("--coordinator_address / --num_processes need --multihost")
     logging.info("config:\n%s", FLAGS.config)
     try:
         summary = run(FLAGS.config, FLAGS.workdir)

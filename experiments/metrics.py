@@ -13,6 +13,8 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from experiments.sharding import is_primary_process
+
 __all__ = [
     "MetricWriter",
     "read_metrics",
@@ -54,7 +56,7 @@ def read_metrics(workdir: str, filename: str = METRICS_FILE) -> list[dict[str, A
 def truncate_metrics(workdir: str, step: int, filename: str = METRICS_FILE) -> None:
     """Keeps only the records with `step <= step` (and drops a torn last line)."""
     path = os.path.join(workdir, filename)
-    if not os.path.exists(path):
+    if not is_primary_process() or not os.path.exists(path):
         return
     kept = [r for r in read_metrics(workdir, filename) if r.get("step", 0) <= step]
     tmp = path + ".tmp"
@@ -65,18 +67,25 @@ def truncate_metrics(workdir: str, step: int, filename: str = METRICS_FILE) -> N
 
 
 class MetricWriter:
-    """Appends records to `metrics.jsonl` and writes TensorBoard scalars (tensorboardX)."""
+    """Appends records to `metrics.jsonl` and writes TensorBoard scalars (tensorboardX).
+
+    Only the primary process (0) writes; on the others every call is a no-op.
+    """
 
     def __init__(self, workdir: str, *, tensorboard: bool = True):
+        self._file = self._tb = None
+        if not is_primary_process():
+            return
         os.makedirs(workdir, exist_ok=True)
         self._file = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, split: str, scalars: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
         record = {"step": int(step), "split": split}
         record.update({k: _jsonable(v) for k, v in scalars.items()})
         self._file.write(json.dumps(record) + "\n")
@@ -89,7 +98,8 @@ class MetricWriter:
                     self._tb.add_scalar(f"{split}/{key}", value, int(step))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
@@ -118,7 +128,10 @@ def progress_line(
 
 
 def plot_curves(records: Iterable[Mapping[str, Any]], path: str, title: str = "") -> str:
-    """Saves a PNG of loss and accuracy against step, train and test. Returns `path`."""
+    """Saves a PNG of loss and accuracy against step, train and test (on the primary
+    process only). Returns `path`."""
+    if not is_primary_process():
+        return path
     import matplotlib
 
     matplotlib.use("Agg")

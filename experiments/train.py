@@ -40,7 +40,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import input_pipeline, metrics, optim
+from experiments import input_pipeline, metrics, optim, sharding
 from experiments.checkpoint import Checkpointer, write_json
 from tnjax import models
 
@@ -58,8 +58,16 @@ __all__ = [
     "Trainable",
 ]
 
-# Config keys that may change between an interrupted run and its resumption.
-RESUME_MAY_CHANGE = ("log_every", "eval_every", "checkpoint_every", "max_checkpoints", "debug")
+# Config keys that may change between an interrupted run and its resumption (a checkpoint
+# restores onto any mesh).
+RESUME_MAY_CHANGE = (
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "max_checkpoints",
+    "debug",
+    "mesh",
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -172,12 +180,6 @@ def resolve_num_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
     return max(1, int(round(epochs * spe)))
 
 
-def _data_mesh() -> jax.sharding.Mesh:
-    # Auto axes: XLA propagates the batch sharding (Explicit axes would demand out_sharding=
-    # annotations on gathers such as embedding lookups).
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
 @dataclasses.dataclass
 class Trainable:
     """A model split for functional training: graph definitions plus the state pytree.
@@ -224,8 +226,15 @@ def make_train_step(
     extra_loss: Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], jax.Array] | None = None,
     objective: Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, Any]]
     | None = None,
+    state_sharding: Any = None,
+    batch_sharding: Any = None,
 ) -> Callable:
     """A jitted `(state, batch) -> (state, metric sums)` with the NaN/Inf guard.
+
+    `state_sharding` (a pytree of shardings like the state, see `sharding.state_shardings`)
+    and `batch_sharding` (e.g. `NamedSharding(mesh, P("data"))`), if given, pin the step's
+    input and output layouts, so the state keeps its sharding from step to step; the metric
+    sums come out replicated.
 
     `extra_loss(model, batch, outputs)`, if given, is added to the task's loss (e.g. a
     distillation term or a prior); the logged loss is the task's alone.
@@ -273,7 +282,15 @@ def make_train_step(
         }
         return new_state, sums
 
-    return jax.jit(train_step, donate_argnums=0)
+    if state_sharding is None:
+        return jax.jit(train_step, donate_argnums=0)
+    replicated = NamedSharding(batch_sharding.mesh, P())
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
 
 
 def make_eval_step(trainable: Trainable, task: Task) -> Callable:
@@ -300,9 +317,14 @@ def evaluate(
     batch_size: int,
     sharding: Any,
 ) -> dict[str, float]:
-    """Loss and accuracy over a whole split (every example once)."""
+    """Loss and accuracy over a whole split (every example once).
+
+    With a `sharding` and several processes, each process feeds its rows of every batch.
+    """
     total = None
+    process = (jax.process_index(), jax.process_count()) if sharding is not None else (0, 1)
     for batch in input_pipeline.eval_batches(split, batch_size):
+        batch = input_pipeline.process_rows(batch, process)
         sums = eval_step(
             state["params"], state["rest"], input_pipeline.shard_batch(batch, sharding)
         )
@@ -405,12 +427,25 @@ class RunLoop:
         self.on_log = on_log
         self.config, self.workdir, self.task, self.ds = config, workdir, task, ds
         self.trainable, self.num_steps = trainable, num_steps
-        self.batch_size = int(config.batch_size)
-        mesh = _data_mesh()
-        input_pipeline.check_batch_size(self.batch_size, mesh.size)
-        self.batch_sharding = NamedSharding(mesh, P("data"))
-        self.replicated = NamedSharding(mesh, P())
-        self.train_step = make_train_step(trainable, tx, task, extra_loss, objective)
+        self.batch_size = int(config.batch_size)  # global: over every device of every process
+        mc = sharding.mesh_config(config)
+        self.mesh = sharding.make_mesh(mc.data, mc.model)
+        input_pipeline.check_batch_size(self.batch_size, self.mesh.shape["data"])
+        self.process = (jax.process_index(), jax.process_count())
+        input_pipeline.process_slice(self.batch_size, self.process)  # raises if P does not divide B
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.state_sharding = sharding.state_shardings(trainable.state, self.mesh, config)
+        for line in sharding.describe_shardings(trainable.state, self.state_sharding):
+            logging.info("sharded along model: %s", line)
+        self.train_step = make_train_step(
+            trainable,
+            tx,
+            task,
+            extra_loss,
+            objective,
+            state_sharding=self.state_sharding,
+            batch_sharding=self.batch_sharding,
+        )
         self.eval_step = make_eval_step(trainable, task)
         self.ckpt = Checkpointer(
             os.path.join(workdir, "checkpoints"), max_to_keep=int(config.get("max_checkpoints", 3))
@@ -423,7 +458,9 @@ class RunLoop:
             metrics.truncate_metrics(self.workdir, 0)
             return 0
         like = {"train": self.trainable.state, "elapsed": np.float64(0)}
-        restored = self.ckpt.restore(like, step)
+        # straight onto this run's mesh, whatever the mesh of the run that wrote it
+        shardings = {"train": self.state_sharding, "elapsed": None}
+        restored = self.ckpt.restore(like, step, shardings=shardings)
         self.trainable.state = restored["train"]
         self.elapsed = float(restored["elapsed"])
         metrics.truncate_metrics(self.workdir, step)
@@ -460,7 +497,7 @@ class RunLoop:
         """Runs the remaining steps; returns the final test metrics."""
         config = self.config
         start = self._restore()
-        state = jax.device_put(self.trainable.state, self.replicated)
+        state = jax.device_put(self.trainable.state, self.state_sharding)
         log_every = max(1, int(config.get("log_every", 100)))
         eval_every = int(config.get("eval_every", 0) or 0)
         ckpt_every = int(config.get("checkpoint_every", 0) or 0)
@@ -477,7 +514,12 @@ class RunLoop:
         try:
             for step in range(start, self.num_steps):
                 batch = input_pipeline.train_batch(
-                    self.ds, step, self.batch_size, seed=int(config.seed), augment=augment
+                    self.ds,
+                    step,
+                    self.batch_size,
+                    seed=int(config.seed),
+                    augment=augment,
+                    process=self.process,
                 )
                 state, sums = self.train_step(
                     state, input_pipeline.shard_batch(batch, self.batch_sharding)
@@ -565,6 +607,7 @@ def finetune(
             "eval_every": 0,
             "checkpoint_every": int(checkpoint_every),
             "tensorboard": bool(config.get("tensorboard", True)),
+            "mesh": dict(sharding.mesh_config(config)),
             "data": {
                 "augment": config.get("augment", config.get("data", {}).get("augment", "none"))
             },

@@ -9,12 +9,21 @@ import os
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("tensorly")
-pytest.importorskip("tltorch")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "bench_peers.py")
+
+
+@pytest.fixture(autouse=True)
+def _peers_installed():
+    """Skips without the peers; imports them only here, and puts TensorLy's backend back
+    afterwards (importing tltorch switches it to PyTorch for the whole process, which
+    would break every other test that compares against TensorLy)."""
+    pytest.importorskip("torch")
+    tl = pytest.importorskip("tensorly")
+    backend = tl.get_backend()
+    pytest.importorskip("tltorch")
+    yield
+    tl.set_backend(backend)
 
 
 def _load():
