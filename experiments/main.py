@@ -89,8 +89,12 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.multihost:
         initialize_multihost(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    elif any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes)):
-        raise app.UsageError("--coordinator_address / --num_processes need --multihost")
+    elif any(
+        v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    ):
+        raise app.UsageError(
+            "--coordinator_address / --num_processes / --process_id need --multihost"
+        )
     logging.info("config:\n%s", FLAGS.config)
     try:
         summary = run(FLAGS.config, FLAGS.workdir)

@@ -364,3 +364,12 @@ def _assert_same_run(reference, run):
     """
     out = _run_python(code, devices=1)
     assert out.strip().endswith("ok"), out
+
+
+def test_bad_mesh_and_multihost_flags_are_clear_errors(tmp_path):
+    proc = _launch(tmp_path / "a", 1, "--config.mesh.model=3")
+    assert proc.returncode == 1
+    assert "config.mesh.model=3: must be >= 1 and divide the 1 devices" in proc.stderr
+    proc = _launch(tmp_path / "b", 1, "--process_id=1")
+    assert proc.returncode != 0
+    assert "--process_id need --multihost" in proc.stderr

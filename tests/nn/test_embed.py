@@ -159,18 +159,23 @@ def test_dlrm_parameter_counts_of_the_bayes_paper():
     assert 22**4 + 22 * (sum(DLRM_VOCAB) + 128) == 251_812
 
 
-def test_dlrm_size_ttm_layer_looks_up_without_materialising_the_table():
-    layer = Embed(DLRM_V, 128, format="ttm", rank=16, rngs=nnx.Rngs(0))  # default modes
-    assert layer.vocab_padded >= DLRM_V and layer.num_params < 400_000
-    explicit = Embed(
+def _paper_ttm_table(seed: int) -> Embed:
+    """The Bayes paper's largest Criteo table as a rank-16 TT-matrix (E = 4 x 4 x 8)."""
+    return Embed(
         DLRM_V,
         128,
         format="ttm",
         rank=16,
         vocab_modes=DLRM_VOCAB,
         feature_modes=(4, 4, 8),
-        rngs=nnx.Rngs(1),
+        rngs=nnx.Rngs(seed),
     )
+
+
+def test_dlrm_size_ttm_layer_looks_up_without_materialising_the_table():
+    layer = Embed(DLRM_V, 128, format="ttm", rank=16, rngs=nnx.Rngs(0))  # default modes
+    assert layer.vocab_padded >= DLRM_V and layer.num_params < 400_000
+    explicit = _paper_ttm_table(seed=1)
     idx = jax.random.randint(jax.random.key(2), (4096,), 0, DLRM_V)
     idx = idx.at[0].set(DLRM_V - 1)
     for emb in (layer, explicit):
@@ -194,16 +199,7 @@ def test_dlrm_size_ttm_training_step_needs_under_64_megabytes():
 
     The dense table alone is 5.2 GB; the gathered core slices of one step are ~17 MB each.
     """
-    emb = Embed(
-        DLRM_V,
-        128,
-        format="ttm",
-        rank=16,
-        vocab_modes=DLRM_VOCAB,
-        feature_modes=(4, 4, 8),
-        rngs=nnx.Rngs(0),
-    )
-    graph, state = nnx.split(emb)
+    graph, state = nnx.split(_paper_ttm_table(seed=0))
     idx = jax.random.randint(jax.random.key(1), (4096,), 0, DLRM_V)
 
     def loss(state, idx):
