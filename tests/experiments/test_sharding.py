@@ -344,26 +344,24 @@ def _assert_same_run(reference, run):
         got = json.load(f)
     assert abs(got["test_loss"] - ref["test_loss"]) < 1e-4 * max(1.0, abs(ref["test_loss"]))
     assert got["test_accuracy"] == pytest.approx(ref["test_accuracy"], abs=2e-3)
-    code = f"""
-        import numpy as np, jax
-        from configs import dlrm
-        from experiments import train
-        config = dlrm.get_config("quick,format=ttm,rank=4")
-        config.num_steps, config.batch_size = 20, 64
-        def leaves(workdir):
-            trainable, _ = train.load_trained(config, workdir)
-            return [np.asarray(x) for x in jax.tree.leaves(trainable.state)]
-        a, b = leaves({str(reference)!r}), leaves({str(run)!r})
-        assert len(a) == len(b) > 10, (len(a), len(b))
-        worst = max(
-            float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-30)) for x, y in zip(a, b)
-        )
-        print(f"{{len(a)}} arrays, worst relative difference {{worst:.2e}}")
-        assert worst < 1e-5, worst
-        print("ok")
-    """
-    out = _run_python(code, devices=1)
-    assert out.strip().endswith("ok"), out
+    from configs import dlrm
+    from experiments import train
+
+    config = dlrm.get_config("quick,format=ttm,rank=4")
+    config.num_steps, config.batch_size = 20, 64
+
+    def leaves(workdir):
+        trainable, _ = train.load_trained(config, str(workdir))
+        return [np.asarray(x) for x in jax.tree.leaves(trainable.state)]
+
+    a, b = leaves(reference), leaves(run)
+    assert len(a) == len(b) > 10, (len(a), len(b))
+    worst = max(
+        float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-30))
+        for x, y in zip(a, b, strict=True)
+    )
+    print(f"{len(a)} arrays, worst relative difference {worst:.2e}")
+    assert worst < 1e-5, worst
 
 
 def test_bad_mesh_and_multihost_flags_are_clear_errors(tmp_path):
