@@ -20,13 +20,18 @@ from experiments import sharding
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _run_python(code: str, devices: int, timeout: int = 600) -> str:
+def _env(devices: int) -> dict[str, str]:
+    """This process's environment with JAX on `devices` simulated CPU devices."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _run_python(code: str, devices: int, timeout: int = 600) -> str:
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=ROOT,
-        env=env,
+        env=_env(devices),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -240,12 +245,6 @@ def _command(workdir, *overrides):
         "--config.batch_size=64",
         *overrides,
     ]
-
-
-def _env(devices):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
 
 
 def _launch(workdir, devices, *overrides):
