@@ -120,7 +120,7 @@ def mesh_config() -> ml_collections.ConfigDict:
     """`config.mesh`: the device mesh and which state arrays are split along `model`.
 
     data -1: every device not on `model`. shard_params: a regex searched in each state
-    array's path (e.g. "tables" for DLRM's embedding cores; "" = replicate everything);
+    array's path (e.g. "embeddings" for DLRM's tables; "" = replicate everything);
     shard_min_size: only arrays with at least this many elements. See experiments/sharding.py.
     """
     return ml_collections.ConfigDict(

@@ -230,14 +230,15 @@ def objective_of(config: ml_collections.ConfigDict, task: train.Task, prior, num
 
 def _log_lambdas(workdir: str):
     def on_log(step: int, trainable: train.Trainable) -> None:
+        if not sharding.is_primary_process():
+            return  # only process 0 writes the lambdas file
         lam = jax.device_get(lambdas_of(trainable.model()))
         record = {
             "step": int(step),
             "lambdas": {k: [np.asarray(v).tolist() for v in vs] for k, vs in lam.items()},
         }
-        if sharding.is_primary_process():
-            with open(os.path.join(workdir, LAMBDAS_FILE), "a") as f:
-                f.write(json.dumps(record) + "\n")
+        with open(os.path.join(workdir, LAMBDAS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     return on_log
 
