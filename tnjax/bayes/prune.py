@@ -7,8 +7,9 @@ A rank index r is kept when lambda_r > threshold * (the largest lambda of the la
 threshold is relative: the authors' code used absolute thresholds on lambda^2 (1e-4 to
 1e-9 depending on the example, papers/bayes_paper.md section 1.5), which move with the
 layer's scale and initialisation and were fragile. Pruning slices every core along every
-axis tied to a removed index (`RankGroup.axes`) and rebuilds a layer of the same class and
-format at the smaller ranks, so parameters and FLOPs shrink; it changes the layer's output
+axis tied to a removed index (`RankGroup.axes`) and rebuilds the layer through its
+`replace_cores` (same class, format and every other setting, at the smaller ranks), so
+parameters and FLOPs shrink; it changes the layer's output
 only by the contribution of the removed slices (none when they are exactly zero).
 """
 
@@ -22,10 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tnjax import nn as tnn
 from tnjax.bayes.ranks import _tensor_layers_with_paths, rank_groups
-from tnjax.models.factory import NAME_ATTR
-from tnjax.models.graph import replace_module
+from tnjax.nn.graph import replace_module
 
 __all__ = ["read_ranks", "prune_layer", "prune_model"]
 
@@ -69,56 +68,6 @@ def read_ranks(
     return masks
 
 
-def _rebuild(layer: nnx.Module, ranks: tuple[int, ...], cores: list[jax.Array]) -> nnx.Module:
-    """A layer like `layer` at `ranks`, holding `cores` (its bias copied)."""
-    rngs = nnx.Rngs(0)  # only draws a bias, which is overwritten
-    common = dict(
-        format=layer.format,
-        rank=ranks,
-        dtype=layer.dtype,
-        param_dtype=layer.param_dtype,
-        optimize=layer.optimize,
-        rngs=rngs,
-        _cores=cores,
-    )
-    if isinstance(layer, tnn.Linear):
-        new = tnn.Linear(
-            layer.in_features,
-            layer.out_features,
-            use_bias=layer.use_bias,
-            precision=layer.precision,
-            _padded_modes=(layer.in_modes, layer.out_modes),
-            **common,
-        )
-    elif isinstance(layer, tnn.Conv):
-        new = tnn.Conv(
-            layer.in_features,
-            layer.out_features,
-            layer.kernel_size,
-            layer.strides,
-            padding=layer.padding,
-            kernel_dilation=layer.kernel_dilation,
-            use_bias=layer.use_bias,
-            precision=layer.precision,
-            _padded_modes=(layer.in_modes, layer.out_modes),
-            **common,
-        )
-    else:
-        new = tnn.Embed(
-            layer.num_embeddings,
-            layer.features,
-            _padded_modes=(layer.vocab_modes, layer.feature_modes),
-            **common,
-        )
-    bias = getattr(layer, "bias", None)
-    if bias is not None:
-        new.bias[...] = bias[...]
-    name = getattr(layer, NAME_ATTR, None)
-    if name is not None:
-        setattr(new, NAME_ATTR, name)
-    return new
-
-
 def prune_layer(layer: nnx.Module, keep: Sequence[Any]) -> nnx.Module:
     """A new layer of the same class and format with only the kept rank indices.
 
@@ -148,7 +97,6 @@ def prune_layer(layer: nnx.Module, keep: Sequence[Any]) -> nnx.Module:
         # Host-side slicing: a one-off with data-dependent shapes, which would otherwise
         # compile one eager gather per core shape.
         cores = [np.asarray(jax.device_get(c[...])) for c in layer.cores]
-        ranks = list(layer.ranks)
         for g, mask in zip(groups, keep, strict=True):
             mask = np.asarray(mask, bool).reshape(-1)
             if mask.shape != (g.size,):
@@ -160,8 +108,7 @@ def prune_layer(layer: nnx.Module, keep: Sequence[Any]) -> nnx.Module:
                 raise ValueError(f"mask of bond {g.bond} keeps no index; a rank must be >= 1")
             for ci, axis in g.axes:
                 cores[ci] = np.take(cores[ci], idx, axis=axis)
-            ranks[g.bond] = int(idx.size)
-        return _rebuild(layer, tuple(ranks), cores)
+        return layer.replace_cores(cores)
 
 
 def prune_model(

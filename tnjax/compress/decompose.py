@@ -21,9 +21,9 @@ import jax
 from flax import nnx
 
 from tnjax import nn as tnn
-from tnjax.models.factory import NAME_ATTR, layer_name
-from tnjax.models.graph import replace_module
-from tnjax.models.report import layer_report
+from tnjax.nn.graph import NAME_ATTR, layer_name
+from tnjax.nn.graph import replace_module
+from tnjax.nn.report import layer_report
 
 __all__ = ["compress_model", "eligible_layers", "FORMAT_ALIASES", "COMPRESS_FORMATS"]
 

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tnjax.models.factory import layer_name
-from tnjax.models.graph import module_at
+from tnjax.nn.graph import layer_name
+from tnjax.nn.graph import module_at
 
 __all__ = [
     "DistillBlock",

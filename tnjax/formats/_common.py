@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
 from collections.abc import Sequence
@@ -308,3 +309,31 @@ def tt_round_cores(
         cores[k] = u.reshape(r, n, r_new)
         cores[k + 1] = jnp.einsum("rs,sna->rna", s[:, None] * vt, cores[k + 1])
     return cores
+
+
+# --------------------------------------------------------------------------- weight layouts
+# What a format family says about a tensor whose modes are given (see `tnjax.formats.layout`).
+
+Axis = tuple[str, ...]  # one axis of a core: a bond name, or the axis names a mode merges
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightStructure:
+    """A family's cores over a tensor with named modes (pure Python, no arrays).
+
+    Attributes:
+      bonds: the rank bonds, in the family's own order (TT: left to right; Tucker: one per
+        factored mode; CP: the single rank; TR: r_0..r_{d-1}).
+      open_bonds: size-1 boundary bonds (TT's r_0 and r_d): stored, never ranks.
+      cores: each core's axes in storage order, each a bond `(name,)` or a tensor mode
+        (the axis names it merges).
+      fixed_cores: cores with no rank prior of their own (the Tucker core): pruned along
+        with their bonds but not penalised by them.
+      max_ranks: the largest useful size of each bond (same order as `bonds`).
+    """
+
+    bonds: tuple[str, ...]
+    open_bonds: tuple[str, ...]
+    cores: tuple[tuple[Axis, ...], ...]
+    fixed_cores: tuple[int, ...]
+    max_ranks: tuple[int, ...]

@@ -313,3 +313,90 @@ def from_dense(
         )
         _, factors, weights, _, _ = jax.lax.while_loop(cond, body, init_state)
         return CP(weights, factors)
+
+
+# --------------------------------------------------------------------------- as a layer weight
+# The CP family of `tnjax.formats.layout`: one factor (mode..., R) per tensor mode, one rank R
+# shared by all of them; the weights vector is folded into a factor.
+
+
+def weight_structure(
+    modes: Sequence[_common.Axis], shape: Sequence[int], absorbed: Sequence[int] = ()
+) -> _common.WeightStructure:
+    """Factor k holds tensor mode k and the shared bond "r"; R <= prod(shape) / max(shape)."""
+    if absorbed:
+        raise ValueError("CP keeps no mode uncompressed (absorbed modes are a Tucker notion)")
+    total = _common.prod(shape)
+    return _common.WeightStructure(
+        bonds=("r",),
+        open_bonds=(),
+        cores=tuple((tuple(m), ("r",)) for m in modes),
+        fixed_cores=(),
+        max_ranks=(max(1, total // max(shape)),),
+    )
+
+
+def _folded(x: CP, into: int = 0) -> list[jax.Array]:
+    """The factors with the weights folded into factor `into`."""
+    factors = list(x.factors)
+    factors[into] = factors[into] * x.weights[None, :]
+    return factors
+
+
+def weight_random(
+    key: jax.Array,
+    shape: Sequence[int],
+    ranks: Sequence[int],
+    std: float | None,
+    dtype: Any,
+    absorbed: Sequence[int] = (),
+) -> list[jax.Array]:
+    """Random factors (I_k, R) whose CP reconstruction has entries of std `std`."""
+    return _folded(random(key, shape, ranks[0], std=std, dtype=dtype))
+
+
+def weight_from_dense(
+    x: jax.Array,
+    ranks: Sequence[int],
+    key: jax.Array,
+    absorbed: Sequence[int] = (),
+    *,
+    refit_largest: bool = False,
+    fold_last: bool = False,
+) -> list[jax.Array]:
+    """CP factors (I_k, R) of `x` (the weights folded into the first factor, or the last).
+
+    Below the maximal rank: CP-ALS (`from_dense`). With `refit_largest`, ALS runs on `x`
+    with its largest mode last and that mode's factor is then re-solved by a QR-based
+    least-squares fit against the Khatri-Rao product of the others (ALS solves normal
+    equations, which square the condition number), which can only lower that run's error.
+    At the maximal rank (R >= the product of all modes but the largest) the Khatri-Rao
+    product is square, so that fit is exact for generic factors of the other modes: ALS is
+    skipped and random ones are used (SVD-initialised ALS drives the spare columns together,
+    to condition numbers ~1e6, too many for float32).
+    """
+    rank = int(ranks[0])
+    d = x.ndim
+    order = sorted(range(d), key=lambda k: (x.shape[k], k))
+    permuted = jnp.transpose(x, order)
+    full = rank >= _common.prod(permuted.shape[:-1])
+    if not (full or refit_largest):
+        return _folded(from_dense(x, rank=rank, key=key), d - 1 if fold_last else 0)
+    if full:
+        t = random(key, permuted.shape, rank, dtype=permuted.dtype)
+    else:
+        t = from_dense(permuted, rank=rank, key=key)
+    factors = _folded(t)
+    letters = _common.MODE_LETTERS[: d - 1]
+    kr = jnp.einsum(",".join(f"{c}Z" for c in letters) + f"->{letters}Z", *factors[:-1])
+    a = kr.reshape(-1, rank)
+    b = permuted.reshape(-1, permuted.shape[-1])
+    last = jnp.linalg.lstsq(a, b)[0]
+    # One step of iterative refinement squares the relative residual of an ill-conditioned
+    # (square) system.
+    last = last + jnp.linalg.lstsq(a, b - a @ last)[0]
+    factors[-1] = last.T
+    stored: list[jax.Array] = [factors[0]] * d
+    for pos, k in enumerate(order):
+        stored[k] = factors[pos]
+    return stored

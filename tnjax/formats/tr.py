@@ -282,3 +282,49 @@ def from_dense(
             rest, shape[1:], r1, max_ranks, atol, key, svd_method, last_rank=r0, index_offset=1
         )
         return TR([core0, *cores])
+
+
+# --------------------------------------------------------------------------- as a layer weight
+# The TR family of `tnjax.formats.layout`: a closed ring of cores (r_k, mode_k..., r_{k+1}),
+# r_d = r_0; every bond, the closing one included, is a rank.
+
+
+def weight_structure(
+    modes: Sequence[_common.Axis], shape: Sequence[int], absorbed: Sequence[int] = ()
+) -> _common.WeightStructure:
+    """Core k is (r{k}, mode k, r{k+1 mod d}); cutting bonds 0 and k bounds r_0 r_k."""
+    if absorbed:
+        raise ValueError("TR keeps no mode uncompressed (absorbed modes are a Tucker notion)")
+    d = len(modes)
+    names = [f"r{k}" for k in range(d)]
+    n0 = int(shape[0])
+    return _common.WeightStructure(
+        bonds=tuple(names),
+        open_bonds=(),
+        cores=tuple(((names[k],), tuple(modes[k]), (names[(k + 1) % d],)) for k in range(d)),
+        fixed_cores=(),
+        max_ranks=(n0,)
+        + tuple(
+            n0 * min(_common.prod(shape[:k]), _common.prod(shape[k:])) for k in range(1, d)
+        ),
+    )
+
+
+def weight_random(
+    key: jax.Array,
+    shape: Sequence[int],
+    ranks: Sequence[int],
+    std: float | None,
+    dtype: Any,
+    absorbed: Sequence[int] = (),
+) -> list[jax.Array]:
+    """Random cores whose reconstruction has entries of std `std`."""
+    return list(random(key, shape, tuple(ranks), std=std, dtype=dtype).cores)
+
+
+def weight_from_dense(
+    x: jax.Array, ranks: Sequence[int], key: jax.Array, absorbed: Sequence[int] = (), **options
+) -> list[jax.Array]:
+    """TR-SVD at the ranks (clipped where the unfoldings allow less); no options."""
+    del options
+    return list(from_dense(x, rank=tuple(ranks), key=key).cores)

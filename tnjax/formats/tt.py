@@ -330,3 +330,47 @@ def add(x: TT, y: TT) -> TT:
                 bottom = jnp.pad(b, ((0, 0), (0, 0), (a.shape[2], 0)))
                 cores.append(jnp.concatenate([top, bottom], axis=0))
         return TT(cores)
+
+
+# --------------------------------------------------------------------------- as a layer weight
+# The TT family of `tnjax.formats.layout`: a chain of cores (r_{k-1}, mode_k..., r_k) with open
+# boundary bonds r_0 = r_d = 1. Over paired modes (I_k J_k) this is the TT-matrix.
+
+
+def weight_structure(
+    modes: Sequence[_common.Axis], shape: Sequence[int], absorbed: Sequence[int] = ()
+) -> _common.WeightStructure:
+    """Core k is (r{k}, mode k, r{k+1}); r0 and r{d} are open; r_k <= min(both sides)."""
+    if absorbed:
+        raise ValueError("TT keeps no mode uncompressed (absorbed modes are a Tucker notion)")
+    d = len(modes)
+    names = [f"r{k}" for k in range(d + 1)]
+    return _common.WeightStructure(
+        bonds=tuple(names[1:d]),
+        open_bonds=(names[0], names[d]),
+        cores=tuple(((names[k],), tuple(modes[k]), (names[k + 1],)) for k in range(d)),
+        fixed_cores=(),
+        max_ranks=tuple(
+            min(_common.prod(shape[: k + 1]), _common.prod(shape[k + 1 :])) for k in range(d - 1)
+        ),
+    )
+
+
+def weight_random(
+    key: jax.Array,
+    shape: Sequence[int],
+    ranks: Sequence[int],
+    std: float | None,
+    dtype: Any,
+    absorbed: Sequence[int] = (),
+) -> list[jax.Array]:
+    """Random cores whose reconstruction has entries of std `std`."""
+    return list(random(key, shape, (1, *ranks, 1), std=std, dtype=dtype).cores)
+
+
+def weight_from_dense(
+    x: jax.Array, ranks: Sequence[int], key: jax.Array, absorbed: Sequence[int] = (), **options
+) -> list[jax.Array]:
+    """TT-SVD at the ranks (clipped where the unfoldings allow less); no options."""
+    del options
+    return list(from_dense(x, rank=(1, *ranks, 1), key=key).cores)

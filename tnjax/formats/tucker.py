@@ -314,3 +314,67 @@ def from_dense(
         _, factors, _, _ = jax.lax.while_loop(cond, body, state)
         core = _project(x, factors)
         return Tucker(core, factors)
+
+
+# --------------------------------------------------------------------------- as a layer weight
+# The Tucker family of `tnjax.formats.layout`: a core with one axis per tensor mode and a
+# factor (mode..., R_k) per factored mode. Modes listed in `absorbed` keep no factor: their
+# full-size axis stays in the core (the Tucker-2 convolution keeps kh, kw there).
+
+
+def weight_structure(
+    modes: Sequence[_common.Axis], shape: Sequence[int], absorbed: Sequence[int] = ()
+) -> _common.WeightStructure:
+    """Core (R_1..R_d, absorbed modes at full size) first, then factor k with bond "r{k}"."""
+    total = _common.prod(shape)
+    factored = [k for k in range(len(modes)) if k not in absorbed]
+    core = tuple(tuple(modes[k]) if k in absorbed else (f"r{k}",) for k in range(len(modes)))
+    return _common.WeightStructure(
+        bonds=tuple(f"r{k}" for k in factored),
+        open_bonds=(),
+        cores=(core,) + tuple((tuple(modes[k]), (f"r{k}",)) for k in factored),
+        fixed_cores=(0,),
+        max_ranks=tuple(min(shape[k], total // shape[k]) for k in factored),
+    )
+
+
+def _full_ranks(shape: Sequence[int], ranks: Sequence[int], absorbed: Sequence[int]):
+    it = iter(ranks)
+    return tuple(int(n) if k in absorbed else int(next(it)) for k, n in enumerate(shape))
+
+
+def _absorbed_cores(x: Tucker, absorbed: Sequence[int]) -> list[jax.Array]:
+    """[core, factors of the factored modes], the absorbed factors multiplied into the core."""
+    if not absorbed:
+        return [x.core, *x.factors]
+    d = x.core.ndim
+    old, new = _common.MODE_LETTERS[:d], _common.RANK_LETTERS[:d]
+    out = "".join(new[k] if k in absorbed else old[k] for k in range(d))
+    spec = ",".join([old] + [new[k] + old[k] for k in absorbed]) + "->" + out
+    core = jnp.einsum(spec, x.core, *(x.factors[k] for k in absorbed))
+    return [core] + [f for k, f in enumerate(x.factors) if k not in absorbed]
+
+
+def weight_random(
+    key: jax.Array,
+    shape: Sequence[int],
+    ranks: Sequence[int],
+    std: float | None,
+    dtype: Any,
+    absorbed: Sequence[int] = (),
+) -> list[jax.Array]:
+    """Random core and factors whose reconstruction has entries of std `std`."""
+    x = random(key, shape, _full_ranks(shape, ranks, absorbed), std=std, dtype=dtype)
+    return _absorbed_cores(x, absorbed)
+
+
+def weight_from_dense(
+    x: jax.Array, ranks: Sequence[int], key: jax.Array, absorbed: Sequence[int] = (), **options
+) -> list[jax.Array]:
+    """HOSVD + HOOI at the ranks (absorbed modes at full size, their factors absorbed).
+
+    `options` (another family's, e.g. CP's `refit_largest`) are ignored.
+    """
+    del options
+    t = from_dense(x, rank=_full_ranks(x.shape, ranks, absorbed), key=key)
+    return _absorbed_cores(t, absorbed)

@@ -36,6 +36,7 @@ from typing import Any
 from flax import nnx
 
 from tnjax import nn as tnn
+from tnjax.nn.graph import NAME_ATTR, layer_name
 
 __all__ = ["LayerFactory", "KINDS", "FORMATS", "NAME_ATTR", "layer_name"]
 
@@ -45,8 +46,6 @@ FORMATS = {
     "conv": tnn.CONV_FORMATS,
     "embed": tnn.EMBED_FORMATS,
 }
-# Attribute holding a layer's factory name on the module (read by `tnjax.models.report`).
-NAME_ATTR = "tnjax_name"
 # Keys that only mean something to tensorized layers; a dense spec ignores them.
 _TN_KEYS = frozenset(
     {
@@ -61,11 +60,6 @@ _TN_KEYS = frozenset(
     }
 )
 _EXCLUSIVE = ("rank", "compression")
-
-
-def layer_name(module: Any) -> str | None:
-    """The factory name stored on a layer built by `LayerFactory`, or None."""
-    return getattr(module, NAME_ATTR, None)
 
 
 def _as_dict(value: Any, what: str) -> dict:

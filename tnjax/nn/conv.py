@@ -26,37 +26,33 @@ output/input mode pair shares one core and the spatial part has its own core:
   rtr     TR cores (R_{m-1}, T_m S_m, R_m), then (R_M, kh kw, R_0); rank (R_0, ..., R_M).
                                           params sum_m R_{m-1} R_m T_m S_m + R_M R_0 kh kw
 
-The forward pass is one `tnjax.ops.contract` call whose spec convolves h and w, e.g. CP is
-"bhws,hA,wA,sA,tA->bhwt|hw" and RCP with M = 3 is
-"bhwsij,tsA,ciA,djA,hwA->bhwtcd|hw" (input reshaped to (B, H, W, S_1, S_2, S_3), merged
-cores reshaped to (T_m, S_m, R) and (kh, kw, R), which is free under jit). Its planner
-picks the evaluation order from the actual shapes, including "reconstruct the kernel from
-the small cores, then one convolution" when that is cheaper.
+The structure is the layout of `tnjax.formats.weights.conv_layout`; the forward pass is
+`tnjax.functional.conv`, one `tnjax.ops.contract` call whose spec convolves the spatial
+modes (e.g. RCP with M = 3 contracts x (B, H, W, S_1, S_2, S_3) with the merged cores
+reshaped to (T_m, S_m, R) and (kh, kw, R), which is free under jit). Its planner picks the
+evaluation order from the actual shapes, including "reconstruct the kernel from the small
+cores, then one convolution" when that is cheaper.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from tnjax import formats
-from tnjax.nn._common import (
-    DEFAULT_NUM_MODES,
-    Core,
-    dense_init_std,
-    fit_ranks,
-    pad_cores,
-    resolve_modes,
-    uniform_ranks,
+from tnjax import functional
+from tnjax.formats.layout import Layout
+from tnjax.formats.weights import (
+    CONV_FORMATS,
+    PLAIN_CONV_FORMATS,
+    RESHAPED_CONV_FORMATS,
+    _pair,
+    conv_layout,
 )
-from tnjax.ops import contract, contract_path
+from tnjax.nn._common import ZEROS, TensorLayer
 
 __all__ = [
     "Conv",
@@ -67,401 +63,10 @@ __all__ = [
     "RESHAPED_CONV_FORMATS",
 ]
 
-PLAIN_CONV_FORMATS = ("cp", "tucker", "tt", "tr")
-RESHAPED_CONV_FORMATS = ("rcp", "rtk", "rtt", "rtr")
-CONV_FORMATS = PLAIN_CONV_FORMATS + RESHAPED_CONV_FORMATS
-_RESHAPED_OF = dict(zip(PLAIN_CONV_FORMATS, RESHAPED_CONV_FORMATS, strict=True))
-
-_ZEROS = nnx.initializers.zeros_init()
-# Einsum letters: "b" batch, "h"/"w" the convolved spatial modes, then input-channel and
-# output-channel modes (disjoint pools), and upper case for ranks.
-_IN_LETTERS = "sijklmnopq"
-_OUT_LETTERS = "tcdefgaruv"
-_RANK_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_MAX_MODES = len(_IN_LETTERS)
-_PADDING_STRINGS = ("SAME", "VALID", "CIRCULAR", "REFLECT")
-
-# A group is (letters, sizes): one stored dimension of size prod(sizes) that `__call__`
-# reshapes into len(sizes) dimensions named by `letters` (empty for a TT boundary rank 1).
-_Group = tuple[str, tuple[int, ...]]
+ConvLayout = Layout  # the layout of a Conv is a `tnjax.formats.layout.Layout`
 
 
-# --------------------------------------------------------------------------- format algebra
-# Pure Python on static sizes: tensor modes, core shapes, rank bounds, parameter counts, specs.
-
-
-def _rank_names(fmt: str, m: int) -> str:
-    names = {
-        "cp": "(R,)",
-        "tucker": "(R1, R2) = (output rank, input rank)",
-        "tt": "(R1, R2, R3)",
-        "tr": "(R0, R1, R2, R3)",
-        "rcp": "(R,)",
-        "rtk": f"(R0, R1, ..., R{m}) with R0 the spatial rank",
-        "rtt": f"(R1, ..., R{m})",
-        "rtr": f"(R0, R1, ..., R{m})",
-    }
-    return names[fmt]
-
-
-def _num_ranks(fmt: str, m: int) -> int:
-    return {"cp": 1, "tucker": 2, "tt": 3, "tr": 4, "rcp": 1, "rtk": m + 1, "rtt": m, "rtr": m + 1}[
-        fmt
-    ]
-
-
-def _tensor_modes(
-    fmt: str, kernel_size: tuple[int, int], ins: tuple[int, ...], outs: tuple[int, ...]
-) -> list[_Group]:
-    """Modes of the tensor that the format decomposes, as (letters, sizes) groups."""
-    kh, kw = kernel_size
-    if fmt in ("cp", "tucker"):
-        return [("h", (kh,)), ("w", (kw,)), ("s", ins), ("t", outs)]
-    if fmt in ("tt", "tr"):
-        return [("t", outs), ("h", (kh,)), ("w", (kw,)), ("s", ins)]
-    m = len(ins)
-    pairs = [(_OUT_LETTERS[k] + _IN_LETTERS[k], (outs[k], ins[k])) for k in range(m)]
-    return pairs + [("hw", (kh, kw))]
-
-
-def _core_groups(fmt: str, tmodes: list[_Group], ranks: tuple[int, ...]) -> list[list[_Group]]:
-    """The cores, each a list of groups in stored-dimension order."""
-    d = len(tmodes)
-    rk = _RANK_LETTERS
-    if fmt in ("cp", "rcp"):
-        return [[mode, (rk[0], (ranks[0],))] for mode in tmodes]
-    if fmt == "tucker":
-        r1, r2 = ranks  # (output rank "A", input rank "B")
-        h, w, s, t = tmodes
-        out_r, in_r = ("A", (r1,)), ("B", (r2,))
-        return [[h, w, in_r, out_r], [s, in_r], [t, out_r]]
-    if fmt == "rtk":
-        tr = ranks[1:] + ranks[:1]  # tensor order: (R_1..R_M, R_0)
-        bonds = [(rk[k], (tr[k],)) for k in range(d)]
-        return [bonds] + [[tmodes[k], bonds[k]] for k in range(d)]
-    if fmt in ("tt", "rtt"):
-        r = (1,) + tuple(ranks) + (1,)
-        bonds = [("", ()) if k in (0, d) else (rk[k], (r[k],)) for k in range(d + 1)]
-        return [[bonds[k], tmodes[k], bonds[k + 1]] for k in range(d)]
-    if fmt in ("tr", "rtr"):
-        bonds = [(rk[k], (ranks[k],)) for k in range(d)]
-        return [[bonds[k], tmodes[k], bonds[(k + 1) % d]] for k in range(d)]
-    raise ValueError(f"format={fmt!r} is not one of {CONV_FORMATS}")
-
-
-def _max_ranks(fmt: str, tshape: tuple[int, ...], kernel_size, ins, outs) -> tuple[int, ...]:
-    """Largest useful rank per position (in the order of the `rank` argument)."""
-    total = math.prod(tshape)
-    d = len(tshape)
-    if fmt in ("cp", "rcp"):
-        return (total // max(tshape),)
-    if fmt == "tucker":
-        khw = kernel_size[0] * kernel_size[1]
-        s, t = ins[0], outs[0]
-        return (min(t, khw * s), min(s, khw * t))
-    if fmt == "rtk":
-        per_mode = tuple(min(n, total // n) for n in tshape)
-        return per_mode[-1:] + per_mode[:-1]
-    if fmt in ("tt", "rtt"):
-        return tuple(
-            min(math.prod(tshape[: k + 1]), math.prod(tshape[k + 1 :])) for k in range(d - 1)
-        )
-    if fmt in ("tr", "rtr"):  # cutting bonds 0 and k: r_0 * r_k <= min(both arcs); r_0 <= I_1
-        n0 = tshape[0]
-        return (n0,) + tuple(
-            n0 * min(math.prod(tshape[:k]), math.prod(tshape[k:])) for k in range(1, d)
-        )
-    raise ValueError(f"format={fmt!r} is not one of {CONV_FORMATS}")
-
-
-def _format_rank(fmt: str, ranks: tuple[int, ...], kernel_size: tuple[int, int]) -> Any:
-    """The `rank` argument of the format class's `random`/`from_dense`."""
-    if fmt in ("cp", "rcp"):
-        return ranks[0]
-    if fmt == "tucker":
-        return (*kernel_size, ranks[1], ranks[0])
-    if fmt == "rtk":
-        return ranks[1:] + ranks[:1]
-    if fmt in ("tt", "rtt"):
-        return (1,) + tuple(ranks) + (1,)
-    return tuple(ranks)
-
-
-def _ranks_of_cores(fmt: str, cores: Sequence[jax.Array]) -> tuple[int, ...]:
-    if fmt in ("cp", "rcp"):
-        return (int(cores[0].shape[-1]),)
-    if fmt == "tucker":
-        return (int(cores[0].shape[3]), int(cores[0].shape[2]))
-    if fmt == "rtk":
-        shape = tuple(int(n) for n in cores[0].shape)
-        return shape[-1:] + shape[:-1]
-    if fmt in ("tt", "rtt"):
-        return tuple(int(c.shape[-1]) for c in cores[:-1])
-    return tuple(int(c.shape[0]) for c in cores)
-
-
-def _cores_of(fmt: str, t: Any) -> list[jax.Array]:
-    """Stored cores from a format object over the layer's tensor."""
-    if fmt in ("cp", "rcp"):  # fold the weights into the first factor
-        factors = list(t.factors)
-        factors[0] = factors[0] * t.weights[None, :]
-        return factors
-    if fmt == "tucker":  # Tucker over (kh, kw, S, T): absorb the spatial factors into the core
-        fh, fw, us, ut = t.factors
-        return [jnp.einsum("abqp,ha,wb->hwqp", t.core, fh, fw), us, ut]
-    if fmt == "rtk":
-        return [t.core, *t.factors]
-    return list(t.cores)
-
-
-_FORMAT_CLASSES = {
-    "cp": formats.CP,
-    "rcp": formats.CP,
-    "tucker": formats.Tucker,
-    "rtk": formats.Tucker,
-    "tt": formats.TT,
-    "rtt": formats.TT,
-    "tr": formats.TR,
-    "rtr": formats.TR,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvLayout:
-    """Static structure of a tensorized Conv layer (pure Python, no arrays).
-
-    Attributes:
-      format: one of `CONV_FORMATS`.
-      kernel_size: (kh, kw).
-      in_features, out_features: S and T of the dense kernel (kh, kw, S, T).
-      in_modes, out_modes: (S_1..S_M), (T_1..T_M) for reshaped formats, (S,), (T,) otherwise;
-        their products are the padded channel counts.
-      in_padded, out_padded: prod(in_modes), prod(out_modes) (>= S, T).
-      ranks: the ranks in the order of the `rank` argument (see `Conv`).
-      max_ranks: the largest useful rank per position (same order); the full-rank layer.
-      tensor_shape: shape of the tensor the format decomposes (e.g. (T_1 S_1, ..., kh kw)).
-      tensor_letters: einsum letters of that tensor's modes once the merged modes are split.
-      core_shapes: shapes of the stored cores (the format's own layout).
-      operand_shapes: the cores' shapes inside `contract` (merged modes split apart).
-      core_terms: the cores' einsum terms.
-      spec: the forward `contract` spec, x (B, H, W, S_1..S_M) -> (B, H', W', T_1..T_M).
-      kernel_spec: the spec reconstructing the kernel (kh, kw, S_1..S_M, T_1..T_M).
-    """
-
-    format: str
-    kernel_size: tuple[int, int]
-    in_features: int
-    out_features: int
-    in_modes: tuple[int, ...]
-    out_modes: tuple[int, ...]
-    in_padded: int
-    out_padded: int
-    ranks: tuple[int, ...]
-    max_ranks: tuple[int, ...]
-    tensor_shape: tuple[int, ...]
-    tensor_letters: str
-    core_shapes: tuple[tuple[int, ...], ...]
-    operand_shapes: tuple[tuple[int, ...], ...]
-    core_terms: tuple[str, ...]
-    spec: str
-    kernel_spec: str
-
-    @property
-    def num_params(self) -> int:
-        return sum(math.prod(s) for s in self.core_shapes)
-
-    @property
-    def kernel_letters(self) -> str:
-        m = len(self.in_modes)
-        return "hw" + _IN_LETTERS[:m] + _OUT_LETTERS[:m]
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair for a 2-D convolution, got {value}")
-    return value
-
-
-def conv_layout(
-    in_features: int,
-    out_features: int,
-    kernel_size: int | Sequence[int],
-    *,
-    format: str,
-    rank: int | Sequence[int] | None = None,
-    compression: float | None = None,
-    num_modes: int | None = None,
-    in_modes: Sequence[int] | None = None,
-    out_modes: Sequence[int] | None = None,
-    padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
-) -> ConvLayout:
-    """Resolves modes, padding and ranks of a tensorized Conv without allocating it.
-
-    Arguments are those of `Conv`; `padded_modes` re-uses modes resolved before.
-
-    Raises:
-      ValueError: unknown format, both or neither of rank/compression, modes that do not
-        multiply to the channel counts, ranks beyond what the kernel allows.
-    """
-    if format not in CONV_FORMATS:
-        raise ValueError(
-            f"format={format!r} is not a Conv format; use one of {CONV_FORMATS} "
-            f"(the reshaped ones, {RESHAPED_CONV_FORMATS}, split the channels into modes)"
-        )
-    if (rank is None) == (compression is None):
-        raise ValueError(
-            "give exactly one of rank= or compression= "
-            f"(got rank={rank!r}, compression={compression!r})"
-        )
-    kernel_size = _pair(kernel_size, "kernel_size")
-    if min(kernel_size) < 1 or in_features < 1 or out_features < 1:
-        raise ValueError(
-            f"kernel_size {kernel_size} and features ({in_features}, {out_features}) must be >= 1"
-        )
-    if format in PLAIN_CONV_FORMATS:
-        if in_modes is not None or out_modes is not None:
-            raise ValueError(
-                f"in_modes/out_modes apply to the reshaped formats {RESHAPED_CONV_FORMATS}, "
-                f"not to format={format!r}; drop them or use format={_RESHAPED_OF[format]!r}"
-            )
-        ins, outs = (in_features,), (out_features,)
-        in_pad, out_pad = in_features, out_features
-    elif padded_modes is not None:
-        ins, outs = (tuple(int(n) for n in m) for m in padded_modes)
-        in_pad, out_pad = math.prod(ins), math.prod(outs)
-    else:
-        m = num_modes or (
-            len(in_modes) if in_modes else len(out_modes) if out_modes else DEFAULT_NUM_MODES
-        )
-        ins, in_pad = resolve_modes(in_features, in_modes, m, "in_modes")
-        outs, out_pad = resolve_modes(out_features, out_modes, m, "out_modes")
-    if len(ins) != len(outs):
-        raise ValueError(
-            f"in_modes {ins} and out_modes {outs} need the same number of modes: each "
-            "output/input mode pair shares one core"
-        )
-    m = len(ins)
-    if m > _MAX_MODES:
-        raise ValueError(f"at most {_MAX_MODES} channel modes are supported, got {m}")
-    tmodes = _tensor_modes(format, kernel_size, ins, outs)
-    tshape = tuple(math.prod(sizes) for _, sizes in tmodes)
-    max_ranks = _max_ranks(format, tshape, kernel_size, ins, outs)
-    n_ranks = _num_ranks(format, m)
-    what = f"Conv({in_features}, {out_features}, kernel_size={kernel_size}, format={format!r}" + (
-        f", modes {ins} x {outs})" if format in RESHAPED_CONV_FORMATS else ")"
-    )
-
-    def count(r: tuple[int, ...]) -> int:
-        return sum(
-            math.prod(math.prod(s) for _, s in core) for core in _core_groups(format, tmodes, r)
-        )
-
-    if compression is not None:
-        if not 0 < compression <= 1:
-            raise ValueError(f"compression={compression} must be in (0, 1]")
-        budget = compression * kernel_size[0] * kernel_size[1] * in_features * out_features
-        ranks = fit_ranks(count, max_ranks, budget, what=what)
-    else:
-        try:
-            ranks = uniform_ranks(rank, n_ranks, f"{what} rank")
-        except ValueError as e:
-            raise ValueError(f"{e}; format {format!r} takes {_rank_names(format, m)}") from None
-        if isinstance(rank, (int, np.integer)):  # an int is clipped per bond, as TensorLy does
-            too_big = rank > max(max_ranks)
-            ranks = tuple(min(r, mx) for r, mx in zip(ranks, max_ranks, strict=True))
-        else:
-            too_big = any(r > mx for r, mx in zip(ranks, max_ranks, strict=True))
-        if too_big:
-            raise ValueError(
-                f"rank {rank} exceeds what {what} allows: the maxima of "
-                f"{_rank_names(format, m)} are {max_ranks}; lower the rank"
-            )
-    ranks = tuple(int(r) for r in ranks)
-    cores = _core_groups(format, tmodes, ranks)
-    terms = tuple("".join(letters for letters, _ in core) for core in cores)
-    x_term = "bhw" + _IN_LETTERS[:m]
-    out_term = "bhw" + _OUT_LETTERS[:m]
-    kernel_letters = "hw" + _IN_LETTERS[:m] + _OUT_LETTERS[:m]
-    return ConvLayout(
-        format=format,
-        kernel_size=kernel_size,
-        in_features=in_features,
-        out_features=out_features,
-        in_modes=tuple(ins),
-        out_modes=tuple(outs),
-        in_padded=in_pad,
-        out_padded=out_pad,
-        ranks=ranks,
-        max_ranks=tuple(max_ranks),
-        tensor_shape=tshape,
-        tensor_letters="".join(letters for letters, _ in tmodes),
-        core_shapes=tuple(tuple(math.prod(s) for _, s in core) for core in cores),
-        operand_shapes=tuple(tuple(n for _, s in core for n in s) for core in cores),
-        core_terms=terms,
-        spec=f"{x_term},{','.join(terms)}->{out_term}|hw",
-        kernel_spec=f"{','.join(terms)}->{kernel_letters}",
-    )
-
-
-def _kernel_to_tensor(layout: ConvLayout, kernel: jax.Array) -> jax.Array:
-    """Dense (kh, kw, S, T) kernel -> the tensor the format decomposes (zero-padded)."""
-    kh, kw, s, t = kernel.shape
-    kernel = jnp.pad(
-        kernel, ((0, 0), (0, 0), (0, layout.in_padded - s), (0, layout.out_padded - t))
-    )
-    split = kernel.reshape((kh, kw, *layout.in_modes, *layout.out_modes))
-    permuted = jnp.einsum(f"{layout.kernel_letters}->{layout.tensor_letters}", split)
-    return permuted.reshape(layout.tensor_shape)
-
-
-def _conv_geometry(padding: Any, kernel_size, kernel_dilation) -> tuple[Any, Any]:
-    """(contract padding, input pre-padding or None) from an nnx-style padding argument."""
-    if isinstance(padding, str):
-        p = padding.upper()
-        if p not in _PADDING_STRINGS:
-            raise ValueError(
-                f"padding={padding!r} is not supported; use one of {_PADDING_STRINGS}, an int, "
-                "or a sequence of two ints or (low, high) pairs"
-            )
-        if p in ("CIRCULAR", "REFLECT"):  # pad the input like nnx.Conv, then VALID
-            dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation, strict=True)]
-            return "VALID", (p, tuple(((k - 1) // 2, k // 2) for k in dilated))
-        return p, None
-    if isinstance(padding, (int, np.integer)):
-        return ((int(padding), int(padding)),) * 2, None
-    try:
-        pads = []
-        for p in padding:
-            if isinstance(p, (int, np.integer)):
-                pads.append((int(p), int(p)))
-            else:
-                lo, hi = p
-                pads.append((int(lo), int(hi)))
-    except (TypeError, ValueError):
-        pads = []
-    if len(pads) != 2:
-        raise ValueError(
-            f"padding={padding!r} is not valid for a 2-D convolution; use 'SAME', 'VALID', "
-            "'CIRCULAR', 'REFLECT', an int, or two ints or (low, high) pairs"
-        )
-    return tuple(pads), None
-
-
-def _out_size(n: int, k: int, stride: int, dilation: int, pad: Any) -> int:
-    k_eff = dilation * (k - 1) + 1
-    if pad == "SAME":
-        return -(-n // stride)
-    lo, hi = (0, 0) if pad == "VALID" else pad
-    return max((n + lo + hi - k_eff) // stride + 1, 0)
-
-
-# --------------------------------------------------------------------------- the layer
-
-
-class Conv(nnx.Module):
+class Conv(TensorLayer):
     """Tensorized `nnx.Conv` (2-D, NHWC): the (kh, kw, in, out) kernel in a tensor format.
 
     `y = conv(x, W) + b` as `jax.lax.conv_general_dilated` computes it (cross-correlation),
@@ -493,13 +98,16 @@ class Conv(nnx.Module):
       kernel_init: initialiser whose dense kernel's standard deviation the reconstructed
         kernel matches (default: Flax's LeCun normal, std 1/sqrt(kh*kw*S)).
       optimize: contraction strategy of `tnjax.ops.contract` ("cost", "autotune", ...).
+      contract: the contraction function (default `tnjax.ops.contract`).
       rngs: `nnx.Rngs` with a `params` stream.
 
     Attributes:
       cores: `nnx.List` of `Core` variables (`layout.core_shapes`).
       bias: `nnx.Param` (T,) or None.
-      ranks, layout: the resolved ranks and static structure (`ConvLayout`).
+      ranks, layout: the resolved ranks and static structure (`tnjax.formats.layout.Layout`).
     """
+
+    _KIND = "conv"
 
     def __init__(
         self,
@@ -518,16 +126,18 @@ class Conv(nnx.Module):
         out_modes: Sequence[int] | None = None,
         use_bias: bool = True,
         kernel_init: Callable | None = None,
-        bias_init: Callable = _ZEROS,
+        bias_init: Callable = ZEROS,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: Any = None,
         optimize: Any = "cost",
+        contract: Callable | None = None,
         rngs: nnx.Rngs,
         _cores: Sequence[jax.Array] | None = None,
         _padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+        _layout: Layout | None = None,
     ):
-        layout = conv_layout(
+        layout = _layout or conv_layout(
             in_features,
             out_features,
             kernel_size,
@@ -539,43 +149,36 @@ class Conv(nnx.Module):
             out_modes=out_modes,
             padded_modes=_padded_modes,
         )
-        self.layout = layout
-        self.in_features, self.out_features = in_features, out_features
-        self.kernel_size = layout.kernel_size
         self.strides = _pair(strides, "strides")
         self.kernel_dilation = _pair(kernel_dilation, "kernel_dilation")
         self.padding = padding
-        self._pad, self._pre_pad = _conv_geometry(padding, self.kernel_size, self.kernel_dilation)
-        self.format, self.ranks = format, layout.ranks
-        self.in_modes, self.out_modes = layout.in_modes, layout.out_modes
-        self.use_bias, self.dtype, self.param_dtype = use_bias, dtype, param_dtype
-        self.precision, self.optimize = precision, optimize
-        kh, kw = self.kernel_size
-        if _cores is None:
-            key = rngs.params()
-            std = dense_init_std(
-                kernel_init,
-                (kh, kw, in_features, out_features),
-                kh * kw * in_features,
-                jax.random.fold_in(key, 1),
-            )
-            t = _FORMAT_CLASSES[format].random(
-                key,
-                layout.tensor_shape,
-                _format_rank(format, layout.ranks, layout.kernel_size),
-                std=std,
-                dtype=param_dtype,
-            )
-            _cores = _cores_of(format, t)
-        got = [tuple(c.shape) for c in _cores]
-        if got != [tuple(s) for s in layout.core_shapes]:
-            raise ValueError(f"cores have shapes {got}, expected {list(layout.core_shapes)}")
-        self.cores = nnx.List([Core(jnp.asarray(c, param_dtype)) for c in _cores])
-        self.bias = (
-            nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+        functional.conv_padding(padding, layout.kernel_size, self.kernel_dilation)  # validates
+        self._setup(
+            layout,
+            _cores,
+            kernel_init=kernel_init,
+            use_bias=use_bias,
+            bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            precision=precision,
+            optimize=optimize,
+            contract=contract,
+            rngs=rngs,
         )
 
-    # ------------------------------------------------------------------ evaluation
+    @staticmethod
+    def _layout_args(layout: Layout) -> tuple:
+        return (layout.in_features, layout.out_features, layout.kernel_size)
+
+    in_features = property(lambda self: self.layout.in_features)
+    out_features = property(lambda self: self.layout.out_features)
+    kernel_size = property(lambda self: self.layout.kernel_size)
+    in_modes = property(lambda self: self.layout.in_modes)
+    out_modes = property(lambda self: self.layout.out_modes)
+
+    def _conv_options(self) -> dict[str, Any]:
+        return dict(strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
         """Applies the convolution: (..., H, W, in_features) -> (..., H', W', out_features).
@@ -584,67 +187,24 @@ class Conv(nnx.Module):
         (H, W, in_features) input gives (H', W', out_features), as in `nnx.Conv`.
         """
         with jax.named_scope("tnjax.nn.Conv"):
+            inputs = jnp.asarray(inputs)
             if inputs.ndim < 3 or inputs.shape[-1] != self.in_features:
                 raise ValueError(
                     f"Conv expects inputs (..., H, W, {self.in_features}) for a kernel "
                     f"{(*self.kernel_size, self.in_features, self.out_features)}, got shape "
                     f"{inputs.shape}"
                 )
-            layout = self.layout
-            cores = [c[...] for c in self.cores]
-            bias = self.bias[...] if self.bias is not None else None
-            inputs, *cores = nnx.nn.dtypes.promote_dtype((inputs, *cores), dtype=self.dtype)
-            lead = inputs.shape[:-3]
-            x = inputs.reshape((-1, *inputs.shape[-3:]))
-            if self._pre_pad is not None:
-                mode, pads = self._pre_pad
-                x = jnp.pad(
-                    x, ((0, 0), *pads, (0, 0)), mode="wrap" if mode == "CIRCULAR" else "reflect"
-                )
-            if layout.in_padded != self.in_features:
-                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, layout.in_padded - self.in_features)))
-            batch, height, width = x.shape[:3]
-            x = x.reshape((batch, height, width, *layout.in_modes))
-            operands = [c.reshape(s) for c, s in zip(cores, layout.operand_shapes, strict=True)]
-            y = contract(
-                layout.spec,
+            (x,), cores = self._promoted(inputs)
+            return functional.conv(
+                self.layout,
+                cores,
                 x,
-                *operands,
-                padding=self._pad,
-                strides=self.strides,
-                dilation=self.kernel_dilation,
+                self._bias(x.dtype),
+                contract=self.contract,
                 optimize=self.optimize,
                 precision=self.precision,
+                **self._conv_options(),
             )
-            y = y.reshape((*y.shape[:3], layout.out_padded))[..., : self.out_features]
-            if bias is not None:
-                y = y + jnp.asarray(bias, y.dtype)
-            return y.reshape((*lead, *y.shape[1:]))
-
-    def kernel(self) -> jax.Array:
-        """The reconstructed dense kernel (kh, kw, in_features, out_features).
-
-        For inspection and tests; `__call__` never forms it unless its planner finds that
-        cheapest.
-        """
-        with jax.named_scope("tnjax.nn.Conv.kernel"):
-            layout = self.layout
-            operands = [
-                c[...].reshape(s) for c, s in zip(self.cores, layout.operand_shapes, strict=True)
-            ]
-            w = contract(layout.kernel_spec, *operands)
-            w = w.reshape((*self.kernel_size, layout.in_padded, layout.out_padded))
-            return w[:, :, : self.in_features, : self.out_features]
-
-    @property
-    def num_params(self) -> int:
-        """Parameters of the cores (bias excluded)."""
-        return sum(int(np.prod(c.shape)) for c in self.cores)
-
-    @property
-    def dense_params(self) -> int:
-        """Parameters of the dense kernel kh*kw*in*out."""
-        return math.prod(self.kernel_size) * self.in_features * self.out_features
 
     def cost(self, input_shape: Sequence[int]) -> dict[str, Any]:
         """Parameters and forward FLOPs for inputs of `input_shape` (..., H, W, in_features).
@@ -654,49 +214,9 @@ class Conv(nnx.Module):
           (2*B*H'*W'*kh*kw*in*out), path (the chosen candidate's name), steps (the pairwise
           contractions) and ranks.
         """
-        input_shape = tuple(int(n) for n in input_shape)
-        if len(input_shape) < 3 or input_shape[-1] != self.in_features:
-            raise ValueError(
-                f"cost expects an input shape (..., H, W, {self.in_features}), got {input_shape}"
-            )
-        batch = math.prod(input_shape[:-3])
-        height, width = input_shape[-3:-1]
-        if self._pre_pad is not None:
-            (hl, hh), (wl, wh) = self._pre_pad[1]
-            height, width = height + hl + hh, width + wl + wh
-        layout = self.layout
-        shapes = [(batch, height, width, *layout.in_modes), *layout.operand_shapes]
-        plan = contract_path(
-            layout.spec,
-            *shapes,
-            padding=self._pad,
-            strides=self.strides,
-            dilation=self.kernel_dilation,
-            optimize=self.optimize if self.optimize != "autotune" else "cost",
+        return functional.cost(
+            self.layout, input_shape, optimize=self.optimize, **self._conv_options()
         )
-        per_mode = (self._pad,) * 2 if isinstance(self._pad, str) else self._pad
-        out_h, out_w = (
-            _out_size(n, k, s, d, p)
-            for n, k, s, d, p in zip(
-                (height, width),
-                self.kernel_size,
-                self.strides,
-                self.kernel_dilation,
-                per_mode,
-                strict=True,
-            )
-        )
-        return {
-            "params": self.num_params,
-            "dense_params": self.dense_params,
-            "flops": plan.cost.flops,
-            "dense_flops": 2 * batch * out_h * out_w * self.dense_params,
-            "path": plan.chosen,
-            "steps": plan.steps,
-            "ranks": self.ranks,
-        }
-
-    # ------------------------------------------------------------------ conversion
 
     @classmethod
     def from_conv(
@@ -719,12 +239,12 @@ class Conv(nnx.Module):
         """Tensorized layer initialised by decomposing a trained kernel.
 
         The kernel (zero-padded to the padded channel modes) is permuted/reshaped to the
-        format's tensor and decomposed with the format's `from_dense`: CP-ALS (cp, rcp),
-        HOSVD+HOOI (rtk; tucker is a Tucker decomposition of (kh, kw, S, T) with ranks
-        (kh, kw, R2, R1) whose orthogonal spatial factors are absorbed into the core, i.e.
-        the partial Tucker-2 over (S, T)), TT-SVD (tt, rtt) or TR-SVD (tr, rtr). Ranks that
-        the decomposition clips (more than the kernel can use) shrink the layer accordingly
-        (see `self.ranks`). At full rank the layer reproduces the original.
+        format's tensor and decomposed (`tnjax.formats.layout.Layout.from_dense`): CP-ALS
+        (cp, rcp), HOSVD+HOOI (rtk; tucker is a Tucker decomposition of (kh, kw, S, T) with
+        ranks (kh, kw, R2, R1) whose orthogonal spatial factors are absorbed into the core,
+        i.e. the partial Tucker-2 over (S, T)), TT-SVD (tt, rtt) or TR-SVD (tr, rtr). Ranks
+        the decomposition stops short of are grown back with small noise. At full rank the
+        layer reproduces the original.
 
         Args:
           conv_or_kernel: an `nnx.Conv` (2-D, no groups, no input dilation, no mask; its
@@ -734,7 +254,7 @@ class Conv(nnx.Module):
           bias: bias (out,) (overrides the conv's).
           strides, padding, kernel_dilation: override the conv's; for a kernel array they
             default to 1, "SAME", 1.
-          rngs: used for the CP-ALS initialisation (default `nnx.Rngs(0)`).
+          rngs: keys of the decomposition (default `nnx.Rngs(0)`).
           **kwargs: other `Conv` arguments (dtype, precision, optimize, ...).
         """
         conv_kwargs: dict[str, Any] = {"strides": 1, "padding": "SAME", "kernel_dilation": 1}
@@ -775,7 +295,7 @@ class Conv(nnx.Module):
         conv_kwargs.update(kwargs)
         rngs = rngs or nnx.Rngs(0)
         kh, kw, n_in, n_out = (int(n) for n in kernel.shape)
-        probe = conv_layout(
+        layout = conv_layout(
             n_in,
             n_out,
             (kh, kw),
@@ -787,59 +307,7 @@ class Conv(nnx.Module):
             out_modes=out_modes,
         )
         with jax.named_scope("tnjax.nn.Conv.from_conv"):
-            tensor = _kernel_to_tensor(probe, jnp.asarray(kernel, jnp.float32))
-            cores = _decompose(format, tensor, probe, rngs.params())
-            # keep the budget's ranks where the decomposition stopped short of them
-            grown = pad_cores(cores, probe.core_shapes, rngs.params())
-            cores = grown if grown is not None else cores
-        layer = cls(
-            n_in,
-            n_out,
-            (kh, kw),
-            format=format,
-            rank=_ranks_of_cores(format, cores),
-            use_bias=bias is not None,
-            rngs=rngs,
-            _cores=cores,
-            _padded_modes=(probe.in_modes, probe.out_modes),
-            **conv_kwargs,
-        )
-        if bias is not None:
-            layer.bias[...] = jnp.asarray(bias, layer.param_dtype)
-        return layer
-
-
-def _decompose(fmt: str, tensor: jax.Array, layout: ConvLayout, key: jax.Array) -> list[jax.Array]:
-    rank = _format_rank(fmt, layout.ranks, layout.kernel_size)
-    if fmt in ("cp", "rcp"):
-        # CP-ALS on the tensor with its largest mode last, then that mode's factor re-solved
-        # by a QR-based least-squares fit against the Khatri-Rao product of the others (ALS
-        # solves normal equations, which square the condition number); at any rank this can
-        # only lower the error. At the maximal rank that Khatri-Rao product is square, so
-        # the fit is exact for any generic factors of the other modes: ALS is skipped and
-        # random ones are used (SVD-initialised ALS drives the spare columns together, to
-        # condition numbers ~1e6, too many for float32).
-        d = tensor.ndim
-        order = sorted(range(d), key=lambda k: (tensor.shape[k], k))
-        permuted = jnp.transpose(tensor, order)
-        if rank >= math.prod(permuted.shape[:-1]):
-            t = formats.CP.random(key, permuted.shape, rank, dtype=permuted.dtype)
-        else:
-            t = formats.CP.from_dense(permuted, rank=rank, key=key)
-        factors = list(t.factors)
-        factors[0] = factors[0] * t.weights[None, :]
-        letters = "abcdefghijklmnopqrstuvwxy"[: d - 1]
-        kr = jnp.einsum(",".join(f"{c}Z" for c in letters) + f"->{letters}Z", *factors[:-1])
-        a = kr.reshape(-1, rank)
-        b = permuted.reshape(-1, permuted.shape[-1])
-        last = jnp.linalg.lstsq(a, b)[0]
-        # One step of iterative refinement squares the relative residual of an
-        # ill-conditioned (square) system.
-        last = last + jnp.linalg.lstsq(a, b - a @ last)[0]
-        factors[-1] = last.T
-        stored = [None] * d
-        for pos, k in enumerate(order):
-            stored[k] = factors[pos]
-        return stored
-    t = _FORMAT_CLASSES[fmt].from_dense(tensor, rank=rank, key=key)
-    return _cores_of(fmt, t)
+            cores = layout.from_dense(
+                jnp.asarray(kernel, jnp.float32), rngs.params(), rngs.params()
+            )
+        return cls.from_cores(layout, cores, bias, **conv_kwargs)

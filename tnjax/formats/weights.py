@@ -1,0 +1,362 @@
+"""Layouts of the tensorized weights of Linear, Conv and Embed layers, in every format.
+
+Each function resolves modes, padding and ranks and returns a `tnjax.formats.layout.Layout`;
+all they decide is which tensor each format decomposes (which kernel axes it merges into one
+mode, and in what order), and in what order the user lists the ranks. The cores, counts,
+specs, bounds, initialisation, decomposition and rank groups follow from the layout.
+
+Linear: the (in, out) kernel is the tensor (I_1..I_d, J_1..J_d), in = prod I, out = prod J.
+
+  cp, tucker, tt, tr   over the 2d modes (I_1..I_d, J_1..J_d) (tt ranks r_1..r_{2d-1};
+                       tr r_0..r_{2d-1}; tucker one per mode)
+  ttm                  TT over the pairs (I_k J_k): cores (r_{k-1}, I_k, J_k, r_k)
+  rcp, rtk, rtt, rtr   CP, Tucker, TT (= ttm), TR over the pairs (I_k J_k) (Su et al.)
+
+Conv: the (kh, kw, S, T) kernel (Flax layout); reshaped formats split S and T into M modes.
+
+  cp, tucker           over (kh, kw, S, T); tucker is Tucker-2: kh, kw stay in the core
+                       (kh, kw, R2, R1); ranks (R1, R2) = (output, input) as in the paper
+  tt, tr               over (T, kh, kw, S): (1, T, R1), (R1, kh, R2), (R2, kw, R3), (R3, S, 1)
+  rcp, rtk, rtt, rtr   over (T_1 S_1, ..., T_M S_M, kh kw), merged modes stored as one axis;
+                       rtk ranks (R_0, R_1..R_M) with R_0 the spatial rank
+
+Embed: the (V, E) table as (v_1..v_d, e_1..e_m), V <= prod v (padded), E = prod e.
+
+  cp, tucker, tt, tr   over the d + m modes
+  ttm                  TT over the pairs (v_k e_k) (m = d)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tnjax.formats.layout import (
+    DEFAULT_NUM_MODES,
+    Layout,
+    build,
+    resolve_modes,
+    resolve_ranks,
+)
+
+__all__ = [
+    "linear_layout",
+    "conv_layout",
+    "embed_layout",
+    "LINEAR_FORMATS",
+    "RESHAPED_LINEAR_FORMATS",
+    "CONV_FORMATS",
+    "PLAIN_CONV_FORMATS",
+    "RESHAPED_CONV_FORMATS",
+    "EMBED_FORMATS",
+]
+
+# format -> the family it decomposes with; "r" formats pair input and output modes.
+_FAMILY = {
+    "cp": "cp",
+    "tucker": "tucker",
+    "tt": "tt",
+    "tr": "tr",
+    "ttm": "tt",
+    "rcp": "cp",
+    "rtk": "tucker",
+    "rtt": "tt",
+    "rtr": "tr",
+}
+_PAIRED = ("ttm", "rcp", "rtk", "rtt", "rtr")
+LINEAR_FORMATS = ("cp", "tucker", "tt", "ttm", "tr", "rcp", "rtk", "rtt", "rtr")
+RESHAPED_LINEAR_FORMATS = ("rcp", "rtk", "rtt", "rtr")
+PLAIN_CONV_FORMATS = ("cp", "tucker", "tt", "tr")
+RESHAPED_CONV_FORMATS = ("rcp", "rtk", "rtt", "rtr")
+CONV_FORMATS = PLAIN_CONV_FORMATS + RESHAPED_CONV_FORMATS
+EMBED_FORMATS = ("cp", "tucker", "tt", "ttm", "tr")
+_MAX_CONV_MODES = 10
+
+_LINEAR_RANKS = {
+    "cp": "(R,)",
+    "tucker": "(R_1..R_2d), one per mode of (I_1..I_d, J_1..J_d)",
+    "tt": "(r_1..r_{2d-1})",
+    "ttm": "(r_1..r_{d-1})",
+    "tr": "(r_0..r_{2d-1})",
+    "rcp": "(R,)",
+    "rtk": "(R_1..R_d), one per pair I_k J_k",
+    "rtt": "(r_1..r_{d-1})",
+    "rtr": "(r_0..r_{d-1})",
+}
+
+
+def _conv_rank_names(fmt: str, m: int) -> str:
+    return {
+        "cp": "(R,)",
+        "tucker": "(R1, R2) = (output rank, input rank)",
+        "tt": "(R1, R2, R3)",
+        "tr": "(R0, R1, R2, R3)",
+        "rcp": "(R,)",
+        "rtk": f"(R0, R1, ..., R{m}) with R0 the spatial rank",
+        "rtt": f"(R1, ..., R{m})",
+        "rtr": f"(R0, R1, ..., R{m})",
+    }[fmt]
+
+
+def _embed_rank_names(fmt: str) -> str:
+    return {
+        "ttm": "(r_1..r_{d-1})",
+        "tt": "(r_1..r_{d+m-1})",
+        "cp": "(R,)",
+        "tucker": "(R_1..R_{d+m})",
+        "tr": "(r_0..r_{d+m-1})",
+    }[fmt]
+
+
+def _named(prefix: str, sizes: Sequence[int]) -> list[tuple[str, int]]:
+    return [(f"{prefix}{k}", int(n)) for k, n in enumerate(sizes)]
+
+
+def _modes(fmt: str, ins: list, outs: list) -> list[tuple[str, ...]]:
+    """Tensor modes over input then output axes: paired (in_k, out_k) or one per axis."""
+    if fmt in _PAIRED:
+        return [(i, o) for (i, _), (o, _) in zip(ins, outs, strict=True)]
+    return [(n,) for n, _ in ins + outs]
+
+
+def linear_layout(
+    in_features: int,
+    out_features: int,
+    *,
+    format: str,
+    rank: int | Sequence[int] | None = None,
+    compression: float | None = None,
+    in_modes: Sequence[int] | None = None,
+    out_modes: Sequence[int] | None = None,
+    num_modes: int | None = None,
+    padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> Layout:
+    """The layout of a tensorized (in_features, out_features) Linear kernel.
+
+    Args:
+      in_features, out_features: the dense kernel's sizes.
+      format: one of `LINEAR_FORMATS` (see the module docstring).
+      rank, compression: exactly one: ranks (an int for every bond, clipped per bond, or
+        one per bond) or the fraction of in*out parameters to keep.
+      in_modes, out_modes: factorisations (default balanced with `num_modes` modes, padded
+        invisibly when a size factors badly).
+      num_modes: d, modes per side when none are given (default 3).
+      padded_modes: (in_modes, out_modes) resolved before (may be padded).
+
+    Raises:
+      ValueError: unknown format, both or neither of rank/compression, modes that do not
+        multiply to the feature size, ranks beyond what the modes allow.
+    """
+    if format not in LINEAR_FORMATS:
+        raise ValueError(f"format={format!r} is not one of {LINEAR_FORMATS}")
+    if padded_modes is not None:
+        rows, cols = (tuple(int(n) for n in m) for m in padded_modes)
+    else:
+        d = num_modes or (
+            len(in_modes) if in_modes else len(out_modes) if out_modes else DEFAULT_NUM_MODES
+        )
+        rows, _ = resolve_modes(in_features, in_modes, d, "in_modes")
+        cols, _ = resolve_modes(out_features, out_modes, d, "out_modes")
+    if len(rows) != len(cols):
+        raise ValueError(f"in_modes {rows} and out_modes {cols} need the same number of modes")
+    ins, outs = _named("in", rows), _named("out", cols)
+    layout = build(
+        kind="linear",
+        format=format,
+        family=_FAMILY[format],
+        spatial=(),
+        inputs=ins,
+        outputs=outs,
+        in_features=in_features,
+        out_features=out_features,
+        tensor_modes=_modes(format, ins, outs),
+    )
+    what = f"Linear({in_features}, {out_features}, format={format!r})"
+    return resolve_ranks(layout, rank, compression, what=what, rank_names=_LINEAR_RANKS[format])
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        return (int(value), int(value))
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be an int or a pair for a 2-D convolution, got {value}")
+    return value
+
+
+def conv_layout(
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    format: str,
+    rank: int | Sequence[int] | None = None,
+    compression: float | None = None,
+    num_modes: int | None = None,
+    in_modes: Sequence[int] | None = None,
+    out_modes: Sequence[int] | None = None,
+    padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> Layout:
+    """The layout of a tensorized (kh, kw, in_features, out_features) Conv kernel.
+
+    Args are those of `tnjax.nn.Conv`; `padded_modes` re-uses channel modes resolved before.
+
+    Raises:
+      ValueError: unknown format, both or neither of rank/compression, modes that do not
+        multiply to the channel counts, ranks beyond what the kernel allows.
+    """
+    if format not in CONV_FORMATS:
+        raise ValueError(
+            f"format={format!r} is not a Conv format; use one of {CONV_FORMATS} "
+            f"(the reshaped ones, {RESHAPED_CONV_FORMATS}, split the channels into modes)"
+        )
+    kernel_size = _pair(kernel_size, "kernel_size")
+    if min(kernel_size) < 1 or in_features < 1 or out_features < 1:
+        raise ValueError(
+            f"kernel_size {kernel_size} and features ({in_features}, {out_features}) must be >= 1"
+        )
+    if format in PLAIN_CONV_FORMATS:
+        if in_modes is not None or out_modes is not None:
+            reshaped = RESHAPED_CONV_FORMATS[PLAIN_CONV_FORMATS.index(format)]
+            raise ValueError(
+                f"in_modes/out_modes apply to the reshaped formats {RESHAPED_CONV_FORMATS}, "
+                f"not to format={format!r}; drop them or use format={reshaped!r}"
+            )
+        ins_sizes, outs_sizes = (in_features,), (out_features,)
+    elif padded_modes is not None:
+        ins_sizes, outs_sizes = (tuple(int(n) for n in m) for m in padded_modes)
+    else:
+        m = num_modes or (
+            len(in_modes) if in_modes else len(out_modes) if out_modes else DEFAULT_NUM_MODES
+        )
+        ins_sizes, _ = resolve_modes(in_features, in_modes, m, "in_modes")
+        outs_sizes, _ = resolve_modes(out_features, out_modes, m, "out_modes")
+    if len(ins_sizes) != len(outs_sizes):
+        raise ValueError(
+            f"in_modes {ins_sizes} and out_modes {outs_sizes} need the same number of modes: "
+            "each output/input mode pair shares one core"
+        )
+    m = len(ins_sizes)
+    if m > _MAX_CONV_MODES:
+        raise ValueError(f"at most {_MAX_CONV_MODES} channel modes are supported, got {m}")
+    spatial = [("h", kernel_size[0]), ("w", kernel_size[1])]
+    ins, outs = _named("in", ins_sizes), _named("out", outs_sizes)
+    absorbed: tuple[int, ...] = ()
+    rank_order = None
+    if format in ("cp", "tucker"):
+        modes = [("h",), ("w",), ("in0",), ("out0",)]
+        if format == "tucker":  # Tucker-2; the user lists (output, input) ranks
+            absorbed, rank_order = (0, 1), (1, 0)
+    elif format in ("tt", "tr"):
+        modes = [("out0",), ("h",), ("w",), ("in0",)]
+    else:
+        modes = [(o, i) for (i, _), (o, _) in zip(ins, outs, strict=True)] + [("h", "w")]
+        if format == "rtk":  # the spatial rank R_0 first
+            rank_order = (m,) + tuple(range(m))
+    layout = build(
+        kind="conv",
+        format=format,
+        family=_FAMILY[format],
+        spatial=spatial,
+        inputs=ins,
+        outputs=outs,
+        in_features=in_features,
+        out_features=out_features,
+        tensor_modes=modes,
+        absorbed=absorbed,
+        split_stored=False,
+        rank_order=rank_order,
+        decompose_options={"refit_largest": True} if format in ("cp", "rcp") else None,
+    )
+    what = f"Conv({in_features}, {out_features}, kernel_size={kernel_size}, format={format!r}" + (
+        f", modes {ins_sizes} x {outs_sizes})" if format in RESHAPED_CONV_FORMATS else ")"
+    )
+    return resolve_ranks(
+        layout, rank, compression, what=what, rank_names=_conv_rank_names(format, m)
+    )
+
+
+def _resolve_vocab(num_embeddings: int, vocab_modes, num_modes: int) -> tuple[int, ...]:
+    if vocab_modes is None:
+        return resolve_modes(num_embeddings, None, num_modes, "vocab_modes")[0]
+    modes = tuple(int(m) for m in vocab_modes)
+    if not modes or any(m < 1 for m in modes) or math.prod(modes) < num_embeddings:
+        raise ValueError(
+            f"vocab_modes={modes} multiply to {math.prod(modes)} < num_embeddings="
+            f"{num_embeddings}; pass modes (>= 1) whose product is at least {num_embeddings} "
+            f"(larger products pad the vocabulary, e.g. (200, 220, 250) for 10,131,227 rows) "
+            "or leave vocab_modes=None"
+        )
+    return modes
+
+
+def embed_layout(
+    num_embeddings: int,
+    features: int,
+    *,
+    format: str,
+    rank: int | Sequence[int] | None = None,
+    compression: float | None = None,
+    num_modes: int = DEFAULT_NUM_MODES,
+    vocab_modes: Sequence[int] | None = None,
+    feature_modes: Sequence[int] | None = None,
+    padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+) -> Layout:
+    """The layout of a tensorized (num_embeddings, features) table.
+
+    Args are those of `tnjax.nn.Embed`; `padded_modes` (vocab_modes, feature_modes) re-uses
+    modes resolved before (feature modes may then be padded).
+
+    Raises:
+      ValueError: unknown format, both or neither of rank/compression, modes that do not
+        fit the vocabulary or the features, ranks beyond what the modes allow.
+    """
+    if format not in EMBED_FORMATS:
+        raise ValueError(f"format={format!r} is not one of {EMBED_FORMATS}")
+    for name, v in (("num_embeddings", num_embeddings), ("features", features)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    if padded_modes is not None:
+        vocab, feats = (tuple(int(m) for m in ms) for ms in padded_modes)
+    else:
+        if vocab_modes is not None:
+            d = len(vocab_modes)
+        elif format == "ttm" and feature_modes is not None:
+            d = len(feature_modes)
+        else:
+            d = num_modes
+        vocab = _resolve_vocab(num_embeddings, vocab_modes, d)
+        if format == "ttm":
+            feats = resolve_modes(features, feature_modes, len(vocab), "feature_modes")[0]
+        elif feature_modes is None:
+            feats = (features,)
+        else:
+            feats = resolve_modes(features, feature_modes, 1, "feature_modes")[0]
+    if format == "ttm" and len(vocab) != len(feats):
+        raise ValueError(
+            f"format='ttm' pairs vocab and feature modes: vocab_modes {vocab} and "
+            f"feature_modes {feats} need the same number of modes (pad with 1s)"
+        )
+    if math.prod(vocab) < num_embeddings or math.prod(feats) < features:
+        raise ValueError(
+            f"modes {vocab} x {feats} give a ({math.prod(vocab)}, {math.prod(feats)}) table, "
+            f"smaller than ({num_embeddings}, {features})"
+        )
+    ins, outs = _named("vocab", vocab), _named("feat", feats)
+    layout = build(
+        kind="embed",
+        format=format,
+        family=_FAMILY[format],
+        spatial=(),
+        inputs=ins,
+        outputs=outs,
+        in_features=int(num_embeddings),
+        out_features=int(features),
+        tensor_modes=_modes(format, ins, outs),
+        # CP weights into the feature factor: the vocabulary factors' rows stay on one scale
+        decompose_options={"fold_last": True} if format == "cp" else None,
+    )
+    what = f"Embed({num_embeddings}, {features}, format={format!r})"
+    return resolve_ranks(layout, rank, compression, what=what, rank_names=_embed_rank_names(format))
