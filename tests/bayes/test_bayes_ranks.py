@@ -15,8 +15,16 @@ LINEAR_CASES = {
     "tt": (2, 3, 4, 3, 2),
     "ttm": (2, 3),
     "rtt": (3, 2),
+    "tr": (2, 3, 4, 2, 3, 2),
+    "rtr": (2, 3, 4),
 }
-EMBED_CASES = {"cp": 3, "tucker": (4, 3, 2, 5), "tt": (2, 3, 4), "ttm": (2, 3)}
+EMBED_CASES = {
+    "cp": 3,
+    "tucker": (4, 3, 2, 5),
+    "tt": (2, 3, 4),
+    "ttm": (2, 3),
+    "tr": (2, 3, 4, 2),
+}
 CONV_CASES = {
     "cp": 3,
     "rcp": 3,
@@ -24,6 +32,8 @@ CONV_CASES = {
     "rtk": (2, 3, 4),
     "tt": (2, 3, 4),
     "rtt": (3, 2),
+    "tr": (2, 3, 4, 3),
+    "rtr": (2, 3, 4),
 }
 
 
@@ -48,10 +58,10 @@ CASES = (
 )
 
 
-def test_supported_formats_cover_every_non_ring_format():
-    assert set(bayes.SUPPORTED_FORMATS["linear"]) == set(tnn.LINEAR_FORMATS) - {"tr", "rtr"}
+def test_supported_formats_cover_every_format():
+    assert set(bayes.SUPPORTED_FORMATS["linear"]) == set(tnn.LINEAR_FORMATS)
     assert set(bayes.SUPPORTED_FORMATS["embed"]) == set(tnn.EMBED_FORMATS)
-    assert set(bayes.SUPPORTED_FORMATS["conv"]) == set(tnn.CONV_FORMATS) - {"tr", "rtr"}
+    assert set(bayes.SUPPORTED_FORMATS["conv"]) == set(tnn.CONV_FORMATS)
     assert {(k, f) for k, f, _ in CASES} == {
         (k, f) for k, fs in bayes.SUPPORTED_FORMATS.items() for f in fs
     }
@@ -85,19 +95,16 @@ def test_groups_match_core_shapes(kind, fmt, rank):
         assert sorted(g.prune_only[0][1] for g in groups) == core_axes
         assert all(g.prune_only[0][0] == 0 for g in groups)
         assert bayes.fixed_prior_cores(layer) == (0,)
+    elif fmt in ("tr", "rtr"):  # d groups: bond k ties core k-1's trailing axis, core k's leading
+        assert len(groups) == n
+        for k, g in enumerate(groups):
+            assert set(g.slices) == {((k - 1) % n, len(shapes[(k - 1) % n]) - 1), (k, 0)}
+        assert bayes.fixed_prior_cores(layer) == ()
     else:  # tt, ttm, rtt: d - 1 groups, trailing axis of core k and leading axis of core k+1
         assert len(groups) == n - 1
         for k, g in enumerate(groups):
             assert g.slices == ((k, len(shapes[k]) - 1), (k + 1, 0))
         assert bayes.fixed_prior_cores(layer) == ()
-
-
-@pytest.mark.parametrize("kind,fmt", [("linear", "tr"), ("linear", "rtr"), ("conv", "tr")])
-def test_rings_raise(kind, fmt):
-    layer = make_layer(kind, fmt, 2)
-    with pytest.raises(NotImplementedError, match=fmt):
-        bayes.rank_groups(layer)
-    assert not bayes.is_supported(layer)
 
 
 def test_dense_layers_have_no_groups():
@@ -120,10 +127,10 @@ class _Net(nnx.Module):
         self.blocks[1].tnjax_name = "named"
 
 
-def test_tensor_layers_names_and_skips_rings():
+def test_tensor_layers_names_every_tensorized_layer():
     net = nnx.eval_shape(_Net)
     layers = bayes.tensor_layers(net)
-    assert [n for n, _ in layers] == ["a", "named"]
+    assert [n for n, _ in layers] == ["a", "named", "ring"]  # graph order
     assert layers[0][1] is net.a
     # the layer itself as a model
     assert [n for n, _ in bayes.tensor_layers(net.a)] == ["Linear"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from model_test_helpers import rbg_rngs as _rngs
+from model_test_helpers import random_inputs
 from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn
@@ -80,7 +81,7 @@ def test_mlp_784_512_10():
     fc1, fc2 = model.layers
     assert isinstance(fc1, tnn.Linear) and fc1.format == "ttm" and fc1.dense_params == 784 * 512
     assert type(fc2) is nnx.Linear
-    y, grads = _step(model, jnp.ones((2, 28, 28, 1)))
+    y, grads = _step(model, random_inputs((2, 28, 28, 1)))
     assert y.shape == (2, 10)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     dense = nnx.eval_shape(lambda: MLP(rngs=nnx.Rngs(0)))

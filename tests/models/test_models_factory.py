@@ -73,8 +73,8 @@ def test_kind_prefixed_keys():
 
 def test_format_of_another_kind_is_an_error_naming_layer_kind_and_formats():
     # (Linear takes every conv format, reshaped ones included, so probe an embedding)
-    with pytest.raises(ValueError, match=r"'emb0' is a embed and has no format 'tr'") as e:
-        LayerFactory({"format": "tr", "rank": 2}).resolve("emb0", "embed")
+    with pytest.raises(ValueError, match=r"'emb0' is a embed and has no format 'rtr'") as e:
+        LayerFactory({"format": "rtr", "rank": 2}).resolve("emb0", "embed")
     assert "ttm" in str(e.value)  # lists the valid embedding formats
     with pytest.raises(ValueError, match=r"'conv2' is a conv.*'ttm'"):
         LayerFactory({"format": "ttm", "rank": 2}).resolve("conv2", "conv")

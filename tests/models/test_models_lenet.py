@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 from model_test_helpers import assert_finite_nonzero as _assert_finite_nonzero
 from model_test_helpers import rbg_rngs as _rngs
+from model_test_helpers import random_inputs
 from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn
@@ -18,7 +19,7 @@ from tnjax.models import LayerFactory, LeNet5, create_model, model_report
 @pytest.mark.parametrize("default", [None, {"format": "ttm", "rank": 4, "conv_format": "rcp"}])
 def test_lenet5_forward_and_grad(default):
     model = LeNet5(factory=LayerFactory(default), rngs=_rngs())
-    y, grads = _step(model, jnp.ones((2, 28, 28, 1)))
+    y, grads = _step(model, random_inputs((2, 28, 28, 1)))
     assert y.shape == (2, 10)
     _assert_finite_nonzero(grads)
     if default is not None:

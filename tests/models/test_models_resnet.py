@@ -6,6 +6,7 @@ import pytest
 from flax import nnx
 from model_test_helpers import assert_finite_nonzero as _assert_finite_nonzero
 from model_test_helpers import rbg_rngs as _rngs
+from model_test_helpers import random_inputs
 from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn
@@ -126,6 +127,6 @@ def test_resnet50_mixed_forward_and_grad_small():
     assert type(model.blocks[0].shortcut) is nnx.Conv  # stage 1: 64 -> 256 channels
     assert isinstance(model.blocks[1].shortcut, tnn.Conv)
     assert isinstance(model.blocks[1].conv2, tnn.Conv) and model.blocks[1].conv2.strides == (2, 2)
-    y, grads = _step(model, jnp.ones((2, 32, 32, 3)))
+    y, grads = _step(model, random_inputs((2, 32, 32, 3)))
     assert y.shape == (2, 10)
     _assert_finite_nonzero(grads)

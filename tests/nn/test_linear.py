@@ -11,7 +11,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 from tnjax.nn import Core, Linear
-from tnjax.nn.linear import LINEAR_FORMATS, RESHAPED_LINEAR_FORMATS, _max_ranks, linear_layout
+from tnjax.nn.linear import LINEAR_FORMATS, RESHAPED_LINEAR_FORMATS, linear_layout
 
 FORMATS = list(LINEAR_FORMATS)
 RESHAPED = list(RESHAPED_LINEAR_FORMATS)
@@ -156,7 +156,7 @@ def test_from_linear_full_rank_reproduces_and_error_falls_with_rank(fmt):
     dense.bias[...] = jnp.linspace(-1, 1, 18)
     x = jax.random.normal(jax.random.key(5), (7, 24))
     probe = linear_layout(24, 18, format=fmt, rank=1)
-    full = max(_max_ranks(fmt, probe.in_modes, probe.out_modes))
+    full = max(probe.max_ranks)
     layer = Linear.from_linear(dense, format=fmt, rank=full)
     want = dense(x)
     np.testing.assert_allclose(layer(x), want, rtol=1e-4, atol=1e-4)

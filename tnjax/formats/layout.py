@@ -595,8 +595,8 @@ def resolve_ranks(
         too_big = any(r > m for r, m in zip(ranks, max_ranks, strict=True))
     if too_big:
         raise ValueError(
-            f"{what}: rank {rank} exceeds what its modes allow; the maxima of {rank_names} are "
-            f"{max_ranks}; lower the rank"
+            f"{what}: rank {rank} exceeds what its modes allow: the maxima of {rank_names} "
+            f"are {max_ranks} (the maximum per bond; largest {max(max_ranks)}); lower the rank"
         )
     return layout.with_ranks(ranks)
 
