@@ -395,9 +395,7 @@ def attend(
             q = jnp.pad(q, ((0, 0), (0, layout.out_padded - e)))
         q = q.reshape(n, *layout.out_modes)
         terms = ",".join(layout.core_terms())
-        spec = (
-            f"{BATCH}{layout.term(layout.outputs)},{terms}->{BATCH}{layout.term(layout.inputs)}"
-        )
+        spec = f"{BATCH}{layout.term(layout.outputs)},{terms}->{BATCH}{layout.term(layout.inputs)}"
         y = contract(spec, q, *operands(layout, cores), optimize=optimize)
         y = y.reshape(n, layout.in_padded)[:, : layout.in_features]
         return y.reshape(*lead, layout.in_features)
@@ -443,8 +441,7 @@ def cost(
         n = len(layout.spatial)
         if len(input_shape) < n + 1 or input_shape[-1] != layout.in_features:
             raise ValueError(
-                f"cost expects an input shape (..., H, W, {layout.in_features}), got "
-                f"{input_shape}"
+                f"cost expects an input shape (..., H, W, {layout.in_features}), got {input_shape}"
             )
         strides = _ints(strides, n, "strides")
         dilation = _ints(dilation, n, "dilation")

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from model_test_helpers import rbg_rngs as _rngs
 from model_test_helpers import random_inputs
+from model_test_helpers import rbg_rngs as _rngs
 from model_test_helpers import step_and_grads as _step
 
 import tnjax.nn as tnn

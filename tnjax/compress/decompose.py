@@ -21,8 +21,7 @@ import jax
 from flax import nnx
 
 from tnjax import nn as tnn
-from tnjax.nn.graph import NAME_ATTR, layer_name
-from tnjax.nn.graph import replace_module
+from tnjax.nn.graph import NAME_ATTR, layer_name, replace_module
 from tnjax.nn.report import layer_report
 
 __all__ = ["compress_model", "eligible_layers", "FORMAT_ALIASES", "COMPRESS_FORMATS"]

@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tnjax.nn.graph import layer_name
-from tnjax.nn.graph import module_at
+from tnjax.nn.graph import layer_name, module_at
 
 __all__ = [
     "DistillBlock",

@@ -322,9 +322,7 @@ class Layout:
                 for ai, ax in enumerate(core):
                     if ax == (bond,):
                         (prune_only if ci in self.fixed_cores else slices).append((ci, ai))
-            groups.append(
-                RankGroup(b, self._size[bond], tuple(slices), tuple(prune_only))
-            )
+            groups.append(RankGroup(b, self._size[bond], tuple(slices), tuple(prune_only)))
         return groups
 
     # ------------------------------------------------------------------ arrays
@@ -335,9 +333,7 @@ class Layout:
     def _stored(self, family_cores: Sequence[jax.Array]) -> list[jax.Array]:
         """Family cores (merged modes; bonds possibly clipped) -> stored cores."""
         out = []
-        for core, axes, stored in zip(
-            family_cores, self.family_cores, self.core_axes, strict=True
-        ):
+        for core, axes, stored in zip(family_cores, self.family_cores, self.core_axes, strict=True):
             bond_size = {
                 ax[0]: int(core.shape[i])
                 for i, ax in enumerate(axes)

@@ -304,9 +304,7 @@ def weight_structure(
         cores=tuple(((names[k],), tuple(modes[k]), (names[(k + 1) % d],)) for k in range(d)),
         fixed_cores=(),
         max_ranks=(n0,)
-        + tuple(
-            n0 * min(_common.prod(shape[:k]), _common.prod(shape[k:])) for k in range(1, d)
-        ),
+        + tuple(n0 * min(_common.prod(shape[:k]), _common.prod(shape[k:])) for k in range(1, d)),
     )
 
 

@@ -182,6 +182,4 @@ class TensorLayer(nnx.Module):
     @staticmethod
     def _layout_args(layout: Layout) -> tuple:
         """The subclass's positional constructor arguments that `layout` determines."""
-        raise NotImplementedError(
-            "TensorLayer is a base class; use tnjax.nn.Linear, Conv or Embed"
-        )
+        raise NotImplementedError("TensorLayer is a base class; use tnjax.nn.Linear, Conv or Embed")
