@@ -32,11 +32,17 @@ _PLANTED = {
     "ttm": ((3, 2), {"format": "ttm", "in_modes": (4, 8, 8), "out_modes": (4, 8, 8)}),
     "cp": ((4,), {"format": "cp", "in_modes": (16, 16), "out_modes": (16, 16)}),
     "tucker": ((3, 5, 3, 5), {"format": "tucker", "in_modes": (16, 16), "out_modes": (16, 16)}),
+    "tr": ((2, 3, 4, 3), {"format": "tr", "in_modes": (16, 16), "out_modes": (16, 16)}),
 }
 
 
 # planted format -> (prior weight, steps, KL delay steps, KL warm-up steps)
-_RECIPES = {"ttm": (10.0, 2000, 0, 0), "tucker": (200.0, 2000, 0, 0), "cp": (50.0, 4000, 500, 1000)}
+_RECIPES = {
+    "ttm": (10.0, 2000, 0, 0),
+    "tucker": (200.0, 2000, 0, 0),
+    "cp": (50.0, 4000, 500, 1000),
+    "tr": (10.0, 2000, 0, 0),
+}
 
 
 def get_config(arg: str | None = None):

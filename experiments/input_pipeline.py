@@ -875,7 +875,7 @@ def _get(cfg, key: str, default=None):
     return default if value is None else value
 
 
-PLANTED_FORMATS = ("ttm", "cp", "tucker")
+PLANTED_FORMATS = ("ttm", "cp", "tucker", "tr")
 
 
 def planted_kernel(fmt: str, in_modes, out_modes, ranks, seed: int) -> np.ndarray:
@@ -883,8 +883,9 @@ def planted_kernel(fmt: str, in_modes, out_modes, ranks, seed: int) -> np.ndarra
 
     ttm: TT-matrix with internal ranks `ranks` (e.g. (3, 2) for 3 modes a side); cp: the
     kernel tensor (I_1..I_d, J_1..J_d) of CP rank `ranks[0]`; tucker: the kernel matrix
-    (I, J) = U_in G U_out^T of multilinear ranks `ranks` = (R_in, R_out). The scale makes
-    the outputs of unit-variance inputs have unit variance.
+    (I, J) = U_in G U_out^T of multilinear ranks `ranks` = (R_in, R_out); tr: a tensor ring
+    over (I_1..I_d, J_1..J_d) with ranks `ranks` = (r_0..r_{2d-1}). The scale makes the
+    outputs of unit-variance inputs have unit variance.
     """
     from tnjax import formats
 
@@ -911,6 +912,15 @@ def planted_kernel(fmt: str, in_modes, out_modes, ranks, seed: int) -> np.ndarra
         ]
         core = rng.standard_normal(tuple(ranks))
         kernel = np.asarray(formats.Tucker(core, factors).to_dense())
+    elif fmt == "tr":
+        modes = in_modes + out_modes
+        if len(ranks) != len(modes):
+            raise ValueError(f"tr planted_ranks {ranks} need one rank per mode of {modes}")
+        cores = [
+            rng.standard_normal((ranks[k], n, ranks[(k + 1) % len(modes)]))
+            for k, n in enumerate(modes)
+        ]
+        kernel = np.asarray(formats.TR(cores).to_dense())
     else:
         raise ValueError(f"planted format {fmt!r} is not one of {PLANTED_FORMATS}")
     kernel = kernel.reshape(n_in, n_out)

@@ -19,8 +19,36 @@ from tnjax.formats.layout import (  # noqa: F401  (re-exported for older imports
     resolve_modes,
     uniform_ranks,
 )
+from tnjax.nn.graph import NAME_ATTR, layer_name
 
 __all__ = ["Core", "TensorLayer"]
+
+# Constructor arguments that are not options: they define the layout or only initialise.
+STRUCTURAL_ARGS = frozenset(
+    {
+        "in_features",
+        "out_features",
+        "kernel_size",
+        "num_embeddings",
+        "features",
+        "format",
+        "rank",
+        "compression",
+        "in_modes",
+        "out_modes",
+        "num_modes",
+        "vocab_modes",
+        "feature_modes",
+        "use_bias",
+        "kernel_init",
+        "bias_init",
+        "embedding_init",
+        "rngs",
+        "_cores",
+        "_padded_modes",
+        "_layout",
+    }
+)
 
 ZEROS = nnx.initializers.zeros_init()
 
@@ -55,18 +83,24 @@ class TensorLayer(nnx.Module):
         *,
         kernel_init: Callable | None,
         use_bias: bool,
-        bias_init: Callable,
-        dtype: Any,
-        param_dtype: Any,
-        precision: Any,
-        optimize: Any,
-        contract: Callable | None,
+        bias_init: Callable | None,
         rngs: nnx.Rngs,
+        **options: Any,
     ) -> None:
+        """Stores the layout, draws or checks the cores, and keeps `options`.
+
+        `options` are every constructor argument that is neither structural (modes, ranks,
+        format) nor initialisation-only (initialisers, rngs): dtype, param_dtype, precision,
+        optimize, contract, and a Conv's strides, padding and kernel dilation. They become
+        attributes, and `replace_cores` passes them all to the rebuilt layer.
+        """
         self.layout = layout
-        self.dtype, self.param_dtype = dtype, param_dtype
-        self.precision, self.optimize = precision, optimize
-        self.contract = contract or ops.contract
+        self._options = tuple(options.items())
+        for name, value in options.items():
+            setattr(self, name, value)
+        self.precision = options.get("precision")
+        self.contract = options.get("contract") or ops.contract
+        param_dtype = options.get("param_dtype", jnp.float32)
         if cores is None:
             cores = functional.init(
                 layout, rngs.params(), kernel_init=kernel_init, dtype=param_dtype
@@ -125,18 +159,21 @@ class TensorLayer(nnx.Module):
     # ------------------------------------------------------------------ new layers
 
     def replace_cores(self, cores: Sequence[jax.typing.ArrayLike]) -> TensorLayer:
-        """A copy of this layer holding `cores`, at the ranks those cores carry.
+        """A new layer of this class holding `cores`, at the ranks those cores carry.
 
-        Every other setting (bias, dtypes, strides, padding, name, ...) is kept, so code
-        that changes ranks (pruning, rank growth) cannot drop a constructor argument.
-        `self` is not modified.
+        Built by `from_cores` with every constructor option of this layer (`_options`:
+        dtypes, precision, optimize, contract, strides, padding, dilation), its bias and its
+        name, so code that changes ranks (pruning, rank growth) cannot drop an argument.
+        State that other code attached to this layer (e.g. prior scales sized by the old
+        ranks) is not carried over. `self` is not modified.
         """
         cores = [jnp.asarray(c) for c in cores]
         layout = self.layout.with_ranks(self.layout.ranks_of(cores))
-        layout.check_cores(cores)
-        new = nnx.clone(self)
-        new.layout = layout
-        new.cores = nnx.List([Core(jnp.asarray(c, self.param_dtype)) for c in cores])
+        bias = None if getattr(self, "bias", None) is None else self.bias[...]
+        new = type(self).from_cores(layout, cores, bias, **dict(self._options))
+        name = layer_name(self)
+        if name is not None:
+            setattr(new, NAME_ATTR, name)
         return new
 
     @classmethod

@@ -149,22 +149,23 @@ class Conv(TensorLayer):
             out_modes=out_modes,
             padded_modes=_padded_modes,
         )
-        self.strides = _pair(strides, "strides")
-        self.kernel_dilation = _pair(kernel_dilation, "kernel_dilation")
-        self.padding = padding
-        functional.conv_padding(padding, layout.kernel_size, self.kernel_dilation)  # validates
+        kernel_dilation = _pair(kernel_dilation, "kernel_dilation")
+        functional.conv_padding(padding, layout.kernel_size, kernel_dilation)  # validates
         self._setup(
             layout,
             _cores,
             kernel_init=kernel_init,
             use_bias=use_bias,
             bias_init=bias_init,
+            rngs=rngs,
+            strides=_pair(strides, "strides"),
+            padding=padding,
+            kernel_dilation=kernel_dilation,
             dtype=dtype,
             param_dtype=param_dtype,
             precision=precision,
             optimize=optimize,
             contract=contract,
-            rngs=rngs,
         )
 
     @staticmethod

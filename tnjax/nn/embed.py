@@ -118,12 +118,11 @@ class Embed(TensorLayer):
             kernel_init=embedding_init,
             use_bias=False,
             bias_init=None,
+            rngs=rngs,
             dtype=dtype,
             param_dtype=param_dtype,
-            precision=None,
             optimize=optimize,
             contract=contract,
-            rngs=rngs,
         )
 
     @staticmethod

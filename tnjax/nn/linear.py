@@ -118,12 +118,12 @@ class Linear(TensorLayer):
             kernel_init=kernel_init,
             use_bias=use_bias,
             bias_init=bias_init,
+            rngs=rngs,
             dtype=dtype,
             param_dtype=param_dtype,
             precision=precision,
             optimize=optimize,
             contract=contract,
-            rngs=rngs,
         )
 
     @staticmethod
