@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
+import sys
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -133,6 +134,31 @@ class TensorFormat:
             f"{type(self).__name__} is immutable; build a new one instead of setting {name!r}."
         )
 
+    # The verbs live in the format's module (`tt.random`, `tt.to_dense`, ...); the class
+    # spellings delegate to them, so each is written once.
+
+    @classmethod
+    def _module(cls) -> Any:
+        return sys.modules[cls.__module__]
+
+    @classmethod
+    def random(cls, *args: Any, **kwargs: Any) -> TensorFormat:
+        """A random tensor of this format; see the module's `random` (e.g. `tt.random`)."""
+        return cls._module().random(*args, **kwargs)
+
+    @classmethod
+    def from_dense(cls, *args: Any, **kwargs: Any) -> TensorFormat:
+        """Decomposes a dense array; see the module's `from_dense` (e.g. `tt.from_dense`)."""
+        return cls._module().from_dense(*args, **kwargs)
+
+    def to_dense(self) -> jax.Array:
+        """The full array; see the module's `to_dense` (e.g. `tt.to_dense`)."""
+        return self._module().to_dense(self)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
     @property
     def num_params(self) -> int:
         """Number of scalars stored (sum of the sizes of all arrays)."""
@@ -153,6 +179,13 @@ class TensorFormat:
             else:
                 parts.append(f"{f}={tuple(getattr(v, 'shape', ()))}")
         return f"{type(self).__name__}({', '.join(parts)}, dtype={self.dtype})"
+
+
+def check_type(x: Any, cls: type, what: str) -> Any:
+    """`x` if it is a `cls`, else a ValueError naming what was expected."""
+    if not isinstance(x, cls):
+        raise ValueError(f"expected {what}, got {type(x).__name__}.")
+    return x
 
 
 def tt_rank_tuple(rank: Any, num_cores: int, what: str) -> tuple[int, ...]:
@@ -180,6 +213,27 @@ def tt_rank_tuple(rank: Any, num_cores: int, what: str) -> tuple[int, ...]:
             f"r_{num_cores}={ranks[-1]} in {ranks}; set them to 1."
         )
     return tuple(int(r) for r in ranks)
+
+
+def dense_input(x: ArrayLike, rank: Any, rtol: Any, what: str, num_ranks: Any) -> tuple:
+    """The checked input of a `from_dense`: (x as a float array, its ndim, rtol).
+
+    Args:
+      x: the dense tensor (ndim >= 1).
+      rank, rtol: the caller's arguments; at least one must be given.
+      what: the function's name for messages (e.g. "tt.from_dense").
+      num_ranks: how many ranks a tuple `rank` has, given ndim d (for the message).
+    """
+    x = as_float_array(x)
+    d = x.ndim
+    if d < 1:
+        raise ValueError(f"{what}: needs ndim >= 1, got shape {x.shape}.")
+    rtol = check_rtol(rtol, what)
+    if rank is None and rtol is None:
+        raise ValueError(
+            f"{what}: give rank (int or {num_ranks(d)}-tuple) or rtol for shape {x.shape}."
+        )
+    return x, d, rtol
 
 
 def check_rtol(rtol: Any, what: str) -> float | None:

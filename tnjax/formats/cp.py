@@ -64,10 +64,6 @@ class CP(_common.TensorFormat):
         return tuple(int(f.shape[0]) for f in self.factors)
 
     @property
-    def ndim(self) -> int:
-        return len(self.factors)
-
-    @property
     def rank(self) -> int:
         """R, the number of rank-one terms."""
         return int(self.weights.shape[0])
@@ -77,33 +73,9 @@ class CP(_common.TensorFormat):
         """R, the number of rank-one terms (same as `rank`)."""
         return self.rank
 
-    def to_dense(self) -> jax.Array:
-        """The full tensor (I_1, ..., I_d); see `cp.to_dense`."""
-        return to_dense(self)
-
-    @classmethod
-    def random(
-        cls,
-        key: jax.Array,
-        shape: Sequence[int],
-        rank: int,
-        *,
-        std: float | None = None,
-        dtype: Any = jnp.float32,
-    ) -> CP:
-        """Random CP tensor; see `cp.random`."""
-        return random(key, shape, rank, std=std, dtype=dtype)
-
-    @classmethod
-    def from_dense(cls, x: ArrayLike, rank: int | None = None, **kwargs: Any) -> CP:
-        """CP-ALS decomposition of a dense tensor; see `cp.from_dense`."""
-        return from_dense(x, rank, **kwargs)
-
 
 def _check(x: Any) -> CP:
-    if not isinstance(x, CP):
-        raise ValueError(f"expected a CP tensor, got {type(x).__name__}.")
-    return x
+    return _common.check_type(x, CP, "a CP tensor")
 
 
 def _einsum_spec(d: int) -> str:

@@ -51,41 +51,13 @@ class TR(_common.TensorFormat):
         return tuple(int(c.shape[1]) for c in self.cores)
 
     @property
-    def ndim(self) -> int:
-        return len(self.cores)
-
-    @property
     def ranks(self) -> tuple[int, ...]:
         """(r_0, ..., r_{d-1}); the ring closes with r_d = r_0."""
         return tuple(int(c.shape[0]) for c in self.cores)
 
-    def to_dense(self) -> jax.Array:
-        """The full tensor (I_1, ..., I_d); see `tr.to_dense`."""
-        return to_dense(self)
-
-    @classmethod
-    def random(
-        cls,
-        key: jax.Array,
-        shape: Sequence[int],
-        rank: int | Sequence[int],
-        *,
-        std: float | None = None,
-        dtype: Any = jnp.float32,
-    ) -> TR:
-        """Random TR tensor; see `tr.random`."""
-        return random(key, shape, rank, std=std, dtype=dtype)
-
-    @classmethod
-    def from_dense(cls, x: ArrayLike, rank: int | Sequence[int] | None = None, **kwargs: Any) -> TR:
-        """TR-SVD of a dense tensor; see `tr.from_dense`."""
-        return from_dense(x, rank, **kwargs)
-
 
 def _check(x: Any) -> TR:
-    if not isinstance(x, TR):
-        raise ValueError(f"expected a TR tensor, got {type(x).__name__}.")
-    return x
+    return _common.check_type(x, TR, "a TR tensor")
 
 
 def to_dense(x: TR) -> jax.Array:
@@ -235,15 +207,7 @@ def from_dense(
       ValueError: if neither `rank` nor `rtol` is given, or `rank` is malformed.
     """
     with jax.named_scope("tnjax.formats.tr.from_dense"):
-        x = _common.as_float_array(x)
-        d = x.ndim
-        if d < 1:
-            raise ValueError(f"tr.from_dense: needs ndim >= 1, got shape {x.shape}.")
-        rtol = _common.check_rtol(rtol, "tr.from_dense")
-        if rank is None and rtol is None:
-            raise ValueError(
-                f"tr.from_dense: give rank (int or {d}-tuple) or rtol for shape {x.shape}."
-            )
+        x, d, rtol = _common.dense_input(x, rank, rtol, "tr.from_dense", lambda d: d)
         if d == 1:
             # A one-core ring is a trace; rank 1 represents any vector exactly.
             return TR([x.reshape(1, x.shape[0], 1)])

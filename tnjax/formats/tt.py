@@ -91,45 +91,17 @@ class TT(_common.TensorFormat):
         return tuple(int(c.shape[1]) for c in self.cores)
 
     @property
-    def ndim(self) -> int:
-        return len(self.cores)
-
-    @property
     def ranks(self) -> tuple[int, ...]:
         """(r_0, ..., r_d), including the boundary 1s."""
         return tuple(int(c.shape[0]) for c in self.cores) + (int(self.cores[-1].shape[-1]),)
-
-    def to_dense(self) -> jax.Array:
-        """The full tensor (I_1, ..., I_d); see `tt.to_dense`."""
-        return to_dense(self)
 
     def round(self, rank: int | Sequence[int] | None = None, **kwargs: Any) -> TT:
         """TT rounding; see `tt.round`."""
         return round(self, rank, **kwargs)
 
-    @classmethod
-    def random(
-        cls,
-        key: jax.Array,
-        shape: Sequence[int],
-        rank: int | Sequence[int],
-        *,
-        std: float | None = None,
-        dtype: Any = jnp.float32,
-    ) -> TT:
-        """Random TT tensor; see `tt.random`."""
-        return random(key, shape, rank, std=std, dtype=dtype)
-
-    @classmethod
-    def from_dense(cls, x: ArrayLike, rank: int | Sequence[int] | None = None, **kwargs: Any) -> TT:
-        """TT-SVD of a dense tensor; see `tt.from_dense`."""
-        return from_dense(x, rank, **kwargs)
-
 
 def _check(x: Any) -> TT:
-    if not isinstance(x, TT):
-        raise ValueError(f"expected a TT tensor, got {type(x).__name__}.")
-    return x
+    return _common.check_type(x, TT, "a TT tensor")
 
 
 def to_dense(x: TT) -> jax.Array:
@@ -224,15 +196,7 @@ def from_dense(
       ValueError: if neither `rank` nor `rtol` is given, or `rank` is malformed.
     """
     with jax.named_scope("tnjax.formats.tt.from_dense"):
-        x = _common.as_float_array(x)
-        d = x.ndim
-        if d < 1:
-            raise ValueError(f"tt.from_dense: needs ndim >= 1, got shape {x.shape}.")
-        rtol = _common.check_rtol(rtol, "tt.from_dense")
-        if rank is None and rtol is None:
-            raise ValueError(
-                f"tt.from_dense: give rank (int or {d + 1}-tuple) or rtol for shape {x.shape}."
-            )
+        x, d, rtol = _common.dense_input(x, rank, rtol, "tt.from_dense", lambda d: d + 1)
         ranks = None if rank is None else _common.tt_rank_tuple(rank, d, "tt.from_dense")
         atol = None
         if rtol is not None and d > 1:

@@ -70,10 +70,6 @@ class TTMatrix(_common.TensorFormat):
         """(r_0, ..., r_d), including the boundary 1s."""
         return tuple(int(c.shape[0]) for c in self.cores) + (int(self.cores[-1].shape[-1]),)
 
-    def to_dense(self) -> jax.Array:
-        """The full matrix (prod I, prod J); see `ttm.to_dense`."""
-        return to_dense(self)
-
     def to_tensor(self) -> jax.Array:
         """The full tensor (I_1, ..., I_d, J_1, ..., J_d); see `ttm.to_tensor`."""
         return to_tensor(self)
@@ -82,37 +78,9 @@ class TTMatrix(_common.TensorFormat):
         """TT rounding of the cores; see `ttm.round`."""
         return round(self, rank, **kwargs)
 
-    @classmethod
-    def random(
-        cls,
-        key: jax.Array,
-        row_modes: Sequence[int],
-        col_modes: Sequence[int],
-        rank: int | Sequence[int],
-        *,
-        std: float | None = None,
-        dtype: Any = jnp.float32,
-    ) -> TTMatrix:
-        """Random TT-matrix; see `ttm.random`."""
-        return random(key, row_modes, col_modes, rank, std=std, dtype=dtype)
-
-    @classmethod
-    def from_dense(
-        cls,
-        matrix: ArrayLike,
-        row_modes: Sequence[int],
-        col_modes: Sequence[int],
-        rank: int | Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> TTMatrix:
-        """TT-SVD of a dense matrix; see `ttm.from_dense`."""
-        return from_dense(matrix, row_modes, col_modes, rank, **kwargs)
-
 
 def _check(x: Any) -> TTMatrix:
-    if not isinstance(x, TTMatrix):
-        raise ValueError(f"expected a TTMatrix, got {type(x).__name__}.")
-    return x
+    return _common.check_type(x, TTMatrix, "a TTMatrix")
 
 
 def _merged_cores(cores: Sequence[jax.Array]) -> list[jax.Array]:

@@ -68,43 +68,13 @@ class Tucker(_common.TensorFormat):
         return tuple(int(f.shape[0]) for f in self.factors)
 
     @property
-    def ndim(self) -> int:
-        return len(self.factors)
-
-    @property
     def ranks(self) -> tuple[int, ...]:
         """(R_1, ..., R_d), the core shape."""
         return tuple(int(r) for r in self.core.shape)
 
-    def to_dense(self) -> jax.Array:
-        """The full tensor (I_1, ..., I_d); see `tucker.to_dense`."""
-        return to_dense(self)
-
-    @classmethod
-    def random(
-        cls,
-        key: jax.Array,
-        shape: Sequence[int],
-        rank: int | Sequence[int],
-        *,
-        std: float | None = None,
-        dtype: Any = jnp.float32,
-    ) -> Tucker:
-        """Random Tucker tensor; see `tucker.random`."""
-        return random(key, shape, rank, std=std, dtype=dtype)
-
-    @classmethod
-    def from_dense(
-        cls, x: ArrayLike, rank: int | Sequence[int] | None = None, **kwargs: Any
-    ) -> Tucker:
-        """HOSVD + HOOI decomposition of a dense tensor; see `tucker.from_dense`."""
-        return from_dense(x, rank, **kwargs)
-
 
 def _check(x: Any) -> Tucker:
-    if not isinstance(x, Tucker):
-        raise ValueError(f"expected a Tucker tensor, got {type(x).__name__}.")
-    return x
+    return _common.check_type(x, Tucker, "a Tucker tensor")
 
 
 def to_dense(x: Tucker) -> jax.Array:
@@ -263,15 +233,7 @@ def from_dense(
       ValueError: if neither `rank` nor `rtol` is given, or `rank` is malformed.
     """
     with jax.named_scope("tnjax.formats.tucker.from_dense"):
-        x = _common.as_float_array(x)
-        d = x.ndim
-        if d < 1:
-            raise ValueError(f"tucker.from_dense: needs ndim >= 1, got shape {x.shape}.")
-        rtol = _common.check_rtol(rtol, "tucker.from_dense")
-        if rank is None and rtol is None:
-            raise ValueError(
-                f"tucker.from_dense: give rank (int or {d}-tuple) or rtol for shape {x.shape}."
-            )
+        x, d, rtol = _common.dense_input(x, rank, rtol, "tucker.from_dense", lambda d: d)
         ranks = x.shape if rank is None else _rank_tuple(rank, d, "tucker.from_dense")
         ranks = _clip_ranks(ranks, x.shape)
         key = _common.default_key(key)

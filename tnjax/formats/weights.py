@@ -114,6 +114,35 @@ def _named(prefix: str, sizes: Sequence[int]) -> list[tuple[str, int]]:
     return [(f"{prefix}{k}", int(n)) for k, n in enumerate(sizes)]
 
 
+def _feature_modes(
+    in_features: int,
+    out_features: int,
+    in_modes: Sequence[int] | None,
+    out_modes: Sequence[int] | None,
+    num_modes: int | None,
+    padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Input and output modes, the same number on each side (each pair can share a core).
+
+    `padded_modes` are modes resolved before; otherwise `in_modes`/`out_modes` are checked,
+    or balanced ones chosen with `num_modes` modes (default: the given modes' count, else 3).
+    """
+    if padded_modes is not None:
+        rows, cols = (tuple(int(n) for n in m) for m in padded_modes)
+    else:
+        d = num_modes or (
+            len(in_modes) if in_modes else len(out_modes) if out_modes else DEFAULT_NUM_MODES
+        )
+        rows, _ = resolve_modes(in_features, in_modes, d, "in_modes")
+        cols, _ = resolve_modes(out_features, out_modes, d, "out_modes")
+    if len(rows) != len(cols):
+        raise ValueError(
+            f"in_modes {rows} and out_modes {cols} need the same number of modes: "
+            "each output/input mode pair shares one core"
+        )
+    return rows, cols
+
+
 def _modes(fmt: str, ins: list, outs: list) -> list[tuple[str, ...]]:
     """Tensor modes over input then output axes: paired (in_k, out_k) or one per axis."""
     if fmt in _PAIRED:
@@ -151,16 +180,9 @@ def linear_layout(
     """
     if format not in LINEAR_FORMATS:
         raise ValueError(f"format={format!r} is not one of {LINEAR_FORMATS}")
-    if padded_modes is not None:
-        rows, cols = (tuple(int(n) for n in m) for m in padded_modes)
-    else:
-        d = num_modes or (
-            len(in_modes) if in_modes else len(out_modes) if out_modes else DEFAULT_NUM_MODES
-        )
-        rows, _ = resolve_modes(in_features, in_modes, d, "in_modes")
-        cols, _ = resolve_modes(out_features, out_modes, d, "out_modes")
-    if len(rows) != len(cols):
-        raise ValueError(f"in_modes {rows} and out_modes {cols} need the same number of modes")
+    rows, cols = _feature_modes(
+        in_features, out_features, in_modes, out_modes, num_modes, padded_modes
+    )
     ins, outs = _named("in", rows), _named("out", cols)
     layout = build(
         kind="linear",
@@ -225,18 +247,9 @@ def conv_layout(
                 f"not to format={format!r}; drop them or use format={reshaped!r}"
             )
         ins_sizes, outs_sizes = (in_features,), (out_features,)
-    elif padded_modes is not None:
-        ins_sizes, outs_sizes = (tuple(int(n) for n in m) for m in padded_modes)
     else:
-        m = num_modes or (
-            len(in_modes) if in_modes else len(out_modes) if out_modes else DEFAULT_NUM_MODES
-        )
-        ins_sizes, _ = resolve_modes(in_features, in_modes, m, "in_modes")
-        outs_sizes, _ = resolve_modes(out_features, out_modes, m, "out_modes")
-    if len(ins_sizes) != len(outs_sizes):
-        raise ValueError(
-            f"in_modes {ins_sizes} and out_modes {outs_sizes} need the same number of modes: "
-            "each output/input mode pair shares one core"
+        ins_sizes, outs_sizes = _feature_modes(
+            in_features, out_features, in_modes, out_modes, num_modes, padded_modes
         )
     m = len(ins_sizes)
     if m > _MAX_CONV_MODES:

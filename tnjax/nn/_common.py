@@ -49,6 +49,7 @@ STRUCTURAL_ARGS = frozenset(
         "_layout",
     }
 )
+_NOT_ARGS = frozenset({"self", "layout", "__class__"})
 
 ZEROS = nnx.initializers.zeros_init()
 
@@ -76,24 +77,19 @@ class TensorLayer(nnx.Module):
 
     layout: Layout
 
-    def _setup(
-        self,
-        layout: Layout,
-        cores: Sequence[jax.Array] | None,
-        *,
-        kernel_init: Callable | None,
-        use_bias: bool,
-        bias_init: Callable | None,
-        rngs: nnx.Rngs,
-        **options: Any,
-    ) -> None:
-        """Stores the layout, draws or checks the cores, and keeps `options`.
+    def _setup(self, layout: Layout, args: dict[str, Any]) -> None:
+        """Stores the layout, draws or checks the cores, and keeps the options.
 
-        `options` are every constructor argument that is neither structural (modes, ranks,
-        format) nor initialisation-only (initialisers, rngs): dtype, param_dtype, precision,
-        optimize, contract, and a Conv's strides, padding and kernel dilation. They become
-        attributes, and `replace_cores` passes them all to the rebuilt layer.
+        Args:
+          layout: the resolved layout.
+          args: the subclass constructor's arguments (its `locals()`). Those that are
+            neither structural nor initialisation-only (`STRUCTURAL_ARGS`) are the layer's
+            options: dtype, param_dtype, precision, optimize, contract, and a Conv's
+            strides, padding and kernel dilation. They become attributes, and
+            `replace_cores` passes them all to the rebuilt layer, so a new constructor
+            argument is kept by pruning without anyone listing it.
         """
+        options = {k: v for k, v in args.items() if k not in STRUCTURAL_ARGS and k not in _NOT_ARGS}
         self.layout = layout
         self._options = tuple(options.items())
         for name, value in options.items():
@@ -101,17 +97,19 @@ class TensorLayer(nnx.Module):
         self.precision = options.get("precision")
         self.contract = options.get("contract") or ops.contract
         param_dtype = options.get("param_dtype", jnp.float32)
+        cores = args.get("_cores")
         if cores is None:
+            kernel_init = args.get("kernel_init", args.get("embedding_init"))
             cores = functional.init(
-                layout, rngs.params(), kernel_init=kernel_init, dtype=param_dtype
+                layout, args["rngs"].params(), kernel_init=kernel_init, dtype=param_dtype
             )
         layout.check_cores(cores)
         self.cores = nnx.List([Core(jnp.asarray(c, param_dtype)) for c in cores])
-        self.bias = (
-            nnx.Param(bias_init(rngs.params(), (layout.out_features,), param_dtype))
-            if use_bias
-            else None
-        )
+        bias = None
+        if args.get("use_bias", False):
+            shape = (layout.out_features,)
+            bias = nnx.Param(args["bias_init"](args["rngs"].params(), shape, param_dtype))
+        self.bias = bias
 
     # ------------------------------------------------------------------ structure
 
@@ -213,7 +211,17 @@ class TensorLayer(nnx.Module):
             layer.bias[...] = jnp.asarray(bias, layer.param_dtype)
         return layer
 
+    @classmethod
+    def _resolve_layout(cls, args: dict[str, Any], *sizes: Any) -> Layout:
+        """The layout a constructor's (or converter's) arguments `args` ask for."""
+        if args.get("_layout") is not None:
+            return args["_layout"]
+        kwargs = {k: args[k] for k in cls._LAYOUT_ARGS if args.get(k) is not None}
+        return cls._LAYOUT_FN(*sizes, padded_modes=args.get("_padded_modes"), **kwargs)
+
     _KIND = ""  # the layout kind of the subclass
+    _LAYOUT_ARGS: tuple[str, ...] = ()  # the arguments of the layout function it takes
+    _LAYOUT_FN: Callable[..., Layout]
     _HAS_BIAS = True
 
     @staticmethod

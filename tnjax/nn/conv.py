@@ -108,6 +108,8 @@ class Conv(TensorLayer):
     """
 
     _KIND = "conv"
+    _LAYOUT_ARGS = ("format", "rank", "compression", "num_modes", "in_modes", "out_modes")
+    _LAYOUT_FN = staticmethod(conv_layout)
 
     def __init__(
         self,
@@ -137,36 +139,11 @@ class Conv(TensorLayer):
         _padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
         _layout: Layout | None = None,
     ):
-        layout = _layout or conv_layout(
-            in_features,
-            out_features,
-            kernel_size,
-            format=format,
-            rank=rank,
-            compression=compression,
-            num_modes=num_modes,
-            in_modes=in_modes,
-            out_modes=out_modes,
-            padded_modes=_padded_modes,
-        )
+        layout = self._resolve_layout(locals(), in_features, out_features, kernel_size)
+        strides = _pair(strides, "strides")
         kernel_dilation = _pair(kernel_dilation, "kernel_dilation")
         functional.conv_padding(padding, layout.kernel_size, kernel_dilation)  # validates
-        self._setup(
-            layout,
-            _cores,
-            kernel_init=kernel_init,
-            use_bias=use_bias,
-            bias_init=bias_init,
-            rngs=rngs,
-            strides=_pair(strides, "strides"),
-            padding=padding,
-            kernel_dilation=kernel_dilation,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            precision=precision,
-            optimize=optimize,
-            contract=contract,
-        )
+        self._setup(layout, locals())
 
     @staticmethod
     def _layout_args(layout: Layout) -> tuple:
@@ -296,17 +273,7 @@ class Conv(TensorLayer):
         conv_kwargs.update(kwargs)
         rngs = rngs or nnx.Rngs(0)
         kh, kw, n_in, n_out = (int(n) for n in kernel.shape)
-        layout = conv_layout(
-            n_in,
-            n_out,
-            (kh, kw),
-            format=format,
-            rank=rank,
-            compression=compression,
-            num_modes=num_modes,
-            in_modes=in_modes,
-            out_modes=out_modes,
-        )
+        layout = cls._resolve_layout(locals(), n_in, n_out, (kh, kw))
         with jax.named_scope("tnjax.nn.Conv.from_conv"):
             cores = layout.from_dense(
                 jnp.asarray(kernel, jnp.float32), rngs.params(), rngs.params()

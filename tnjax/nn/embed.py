@@ -78,6 +78,8 @@ class Embed(TensorLayer):
     """
 
     _KIND = "embed"
+    _LAYOUT_ARGS = ("format", "rank", "compression", "num_modes", "vocab_modes", "feature_modes")
+    _LAYOUT_FN = staticmethod(embed_layout)
     _HAS_BIAS = False
 
     def __init__(
@@ -101,29 +103,8 @@ class Embed(TensorLayer):
         _padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
         _layout: Layout | None = None,
     ):
-        layout = _layout or embed_layout(
-            num_embeddings,
-            features,
-            format=format,
-            rank=rank,
-            compression=compression,
-            num_modes=num_modes,
-            vocab_modes=vocab_modes,
-            feature_modes=feature_modes,
-            padded_modes=_padded_modes,
-        )
-        self._setup(
-            layout,
-            _cores,
-            kernel_init=embedding_init,
-            use_bias=False,
-            bias_init=None,
-            rngs=rngs,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            optimize=optimize,
-            contract=contract,
-        )
+        layout = self._resolve_layout(locals(), num_embeddings, features)
+        self._setup(layout, locals())
 
     @staticmethod
     def _layout_args(layout: Layout) -> tuple:
@@ -223,14 +204,6 @@ class Embed(TensorLayer):
         if table.ndim != 2:
             raise ValueError(f"expected a table (num_embeddings, features), got {table.shape}")
         rngs = rngs or nnx.Rngs(0)
-        layout = embed_layout(
-            *table.shape,
-            format=format,
-            rank=rank,
-            compression=compression,
-            num_modes=num_modes,
-            vocab_modes=vocab_modes,
-            feature_modes=feature_modes,
-        )
+        layout = cls._resolve_layout(locals(), *table.shape)
         cores = layout.from_dense(table, rngs.params(), rngs.params())
         return cls.from_cores(layout, cores, **kwargs)

@@ -76,6 +76,8 @@ class Linear(TensorLayer):
     """
 
     _KIND = "linear"
+    _LAYOUT_ARGS = ("format", "rank", "compression", "in_modes", "out_modes", "num_modes")
+    _LAYOUT_FN = staticmethod(linear_layout)
 
     def __init__(
         self,
@@ -101,30 +103,8 @@ class Linear(TensorLayer):
         _padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
         _layout: Layout | None = None,
     ):
-        layout = _layout or linear_layout(
-            in_features,
-            out_features,
-            format=format,
-            rank=rank,
-            compression=compression,
-            in_modes=in_modes,
-            out_modes=out_modes,
-            num_modes=num_modes,
-            padded_modes=_padded_modes,
-        )
-        self._setup(
-            layout,
-            _cores,
-            kernel_init=kernel_init,
-            use_bias=use_bias,
-            bias_init=bias_init,
-            rngs=rngs,
-            dtype=dtype,
-            param_dtype=param_dtype,
-            precision=precision,
-            optimize=optimize,
-            contract=contract,
-        )
+        layout = self._resolve_layout(locals(), in_features, out_features)
+        self._setup(layout, locals())
 
     @staticmethod
     def _layout_args(layout: Layout) -> tuple:
@@ -193,15 +173,7 @@ class Linear(TensorLayer):
         if kernel.ndim != 2:
             raise ValueError(f"expected a kernel (in, out), got shape {kernel.shape}")
         rngs = rngs or nnx.Rngs(0)
-        layout = linear_layout(
-            *kernel.shape,
-            format=format,
-            rank=rank,
-            compression=compression,
-            in_modes=in_modes,
-            out_modes=out_modes,
-            num_modes=num_modes,
-        )
+        layout = cls._resolve_layout(locals(), *kernel.shape)
         with jax.named_scope("tnjax.nn.Linear.from_linear"):
             cores = layout.from_dense(kernel, rngs.params(), rngs.params())
         return cls.from_cores(layout, cores, bias, **kwargs)
