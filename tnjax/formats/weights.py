@@ -143,6 +143,39 @@ def _feature_modes(
     return rows, cols
 
 
+def _matrix_layout(
+    kind: str,
+    format: str,
+    inputs: tuple[str, Sequence[int]],
+    outputs: tuple[str, Sequence[int]],
+    features: tuple[int, int],
+    rank: int | Sequence[int] | None,
+    compression: float | None,
+    what: str,
+    rank_names: str,
+    decompose_options: dict | None = None,
+) -> Layout:
+    """The layout of a matrix (Linear kernel, Embed table) with input and output modes.
+
+    `inputs`/`outputs` are (name prefix, mode sizes); plain formats decompose every mode,
+    the paired ones (ttm, rcp, rtk, rtt, rtr) the pairs (in_k, out_k).
+    """
+    ins, outs = _named(*inputs), _named(*outputs)
+    layout = build(
+        kind=kind,
+        format=format,
+        family=_FAMILY[format],
+        spatial=(),
+        inputs=ins,
+        outputs=outs,
+        in_features=int(features[0]),
+        out_features=int(features[1]),
+        tensor_modes=_modes(format, ins, outs),
+        decompose_options=decompose_options,
+    )
+    return resolve_ranks(layout, rank, compression, what=what, rank_names=rank_names)
+
+
 def _modes(fmt: str, ins: list, outs: list) -> list[tuple[str, ...]]:
     """Tensor modes over input then output axes: paired (in_k, out_k) or one per axis."""
     if fmt in _PAIRED:
@@ -183,20 +216,18 @@ def linear_layout(
     rows, cols = _feature_modes(
         in_features, out_features, in_modes, out_modes, num_modes, padded_modes
     )
-    ins, outs = _named("in", rows), _named("out", cols)
-    layout = build(
-        kind="linear",
-        format=format,
-        family=_FAMILY[format],
-        spatial=(),
-        inputs=ins,
-        outputs=outs,
-        in_features=in_features,
-        out_features=out_features,
-        tensor_modes=_modes(format, ins, outs),
-    )
     what = f"Linear({in_features}, {out_features}, format={format!r})"
-    return resolve_ranks(layout, rank, compression, what=what, rank_names=_LINEAR_RANKS[format])
+    return _matrix_layout(
+        "linear",
+        format,
+        ("in", rows),
+        ("out", cols),
+        (in_features, out_features),
+        rank,
+        compression,
+        what,
+        _LINEAR_RANKS[format],
+    )
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -357,19 +388,17 @@ def embed_layout(
             f"modes {vocab} x {feats} give a ({math.prod(vocab)}, {math.prod(feats)}) table, "
             f"smaller than ({num_embeddings}, {features})"
         )
-    ins, outs = _named("vocab", vocab), _named("feat", feats)
-    layout = build(
-        kind="embed",
-        format=format,
-        family=_FAMILY[format],
-        spatial=(),
-        inputs=ins,
-        outputs=outs,
-        in_features=int(num_embeddings),
-        out_features=int(features),
-        tensor_modes=_modes(format, ins, outs),
-        # CP weights into the feature factor: the vocabulary factors' rows stay on one scale
-        decompose_options={"fold_last": True} if format == "cp" else None,
-    )
     what = f"Embed({num_embeddings}, {features}, format={format!r})"
-    return resolve_ranks(layout, rank, compression, what=what, rank_names=_embed_rank_names(format))
+    return _matrix_layout(
+        "embed",
+        format,
+        ("vocab", vocab),
+        ("feat", feats),
+        (num_embeddings, features),
+        rank,
+        compression,
+        what,
+        _embed_rank_names(format),
+        # CP weights into the feature factor: the vocabulary factors' rows stay on one scale
+        {"fold_last": True} if format == "cp" else None,
+    )

@@ -117,6 +117,14 @@ class TensorLayer(nnx.Module):
     def format(self) -> str:
         return self.layout.format
 
+    # Sizes of the dense weight and of its modes (an Embed names them for a table too).
+    in_features = property(lambda self: self.layout.in_features)
+    out_features = property(lambda self: self.layout.out_features)
+    in_modes = property(lambda self: self.layout.in_modes)
+    out_modes = property(lambda self: self.layout.out_modes)
+    in_padded = property(lambda self: self.layout.in_padded)
+    out_padded = property(lambda self: self.layout.out_padded)
+
     @property
     def ranks(self) -> tuple[int, ...]:
         return self.layout.ranks

@@ -149,11 +149,7 @@ class Conv(TensorLayer):
     def _layout_args(layout: Layout) -> tuple:
         return (layout.in_features, layout.out_features, layout.kernel_size)
 
-    in_features = property(lambda self: self.layout.in_features)
-    out_features = property(lambda self: self.layout.out_features)
     kernel_size = property(lambda self: self.layout.kernel_size)
-    in_modes = property(lambda self: self.layout.in_modes)
-    out_modes = property(lambda self: self.layout.out_modes)
 
     def _conv_options(self) -> dict[str, Any]:
         return dict(strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)

@@ -110,12 +110,6 @@ class Linear(TensorLayer):
     def _layout_args(layout: Layout) -> tuple:
         return (layout.in_features, layout.out_features)
 
-    in_features = property(lambda self: self.layout.in_features)
-    out_features = property(lambda self: self.layout.out_features)
-    in_modes = property(lambda self: self.layout.in_modes)
-    out_modes = property(lambda self: self.layout.out_modes)
-    in_padded = property(lambda self: self.layout.in_padded)
-    out_padded = property(lambda self: self.layout.out_padded)
     spec = property(lambda self: self.layout.spec, doc="The forward `contract` spec.")
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
