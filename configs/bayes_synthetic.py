@@ -4,14 +4,16 @@
       --workdir=runs/bayes/synthetic_ttm
   python -m experiments.main --config=configs/bayes_synthetic.py:planted=cp --workdir=...
   python -m experiments.main --config=configs/bayes_synthetic.py:planted=tucker --workdir=...
+  python -m experiments.main --config=configs/bayes_synthetic.py:planted=tr --workdir=...
   python -m experiments.main --config=configs/bayes_synthetic.py:quick --workdir=/tmp/bq
 
 Data: y = x W + 0.05 noise, x ~ N(0, I_256), W 256 x 256 with planted structure: a TT-matrix
 over modes (4, 8, 8) x (4, 8, 8) with ranks (3, 2) (i.e. (1, 3, 2, 1)); a CP tensor of rank 4
-over modes (16, 16) x (16, 16); or a Tucker tensor over modes (16, 16) x (16, 16) with
+over modes (16, 16) x (16, 16); a Tucker tensor over modes (16, 16) x (16, 16) with
 multilinear ranks (3, 5, 3, 5) (Tucker ranks (3, 5) of a 256 x 256 matrix are not
 identifiable: a matrix's row and column ranks are equal, so the planted ranks live on a
-4-way view). The student is one tensorized Linear 256 -> 256 of the same format at max rank
+4-way view); or a tensor ring over the same 4-way view with ranks (r_0..r_3) =
+(2, 3, 4, 3). The student is one tensorized Linear 256 -> 256 of the same format at max rank
 16, trained with the priors (half-Cauchy, MAP/EM or SVI), the ranks read out
 (lambda > 0.01 max lambda) and pruned.
 
@@ -19,10 +21,10 @@ Recipe per format (`_RECIPES`; found by the sweeps in docs/results/bayes.md): TT
 prior weight 10, 2,000 steps; Tucker 200, 2,000 steps (its factor columns govern only 16
 entries each, so they need a stronger prior to separate); CP 50, 4,000 steps with the prior
 off for 500 steps and ramped in over 1,000 (without the warm-up a weight that prunes also
-stops the random-init CP from fitting). Every planted rank is recovered exactly with both
-MAP and SVI (docs/results/bayes.md).
+stops the random-init CP from fitting); tensor ring as the TT-matrix. Every planted rank is
+recovered exactly with both MAP and SVI (docs/results/bayes.md).
 
-Args: quick, planted (ttm, cp, tucker), prior (half_cauchy, log_uniform), eta, inference
+Args: quick, planted (ttm, cp, tucker, tr), prior (half_cauchy, log_uniform), eta, inference
 (map, svi), max_rank, prior_weight and steps (0: the format's recipe), seed.
 """
 
