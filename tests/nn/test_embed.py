@@ -19,7 +19,17 @@ DLRM_VOCAB = (200, 220, 250)
 
 
 def _rank(fmt):
-    return {"cp": 5, "tucker": 3, "tt": 3, "ttm": 3, "tr": 2}[fmt]
+    return {
+        "cp": 5,
+        "tucker": 3,
+        "tt": 3,
+        "ttm": 3,
+        "tr": 2,
+        "rcp": 4,
+        "rtk": 2,
+        "rtt": 3,
+        "rtr": 2,
+    }[fmt]
 
 
 def _small(fmt, v, e, **kwargs):
@@ -117,8 +127,8 @@ def test_gradients_reach_only_the_gathered_slices(fmt):
     core_grads = jax.tree.leaves(nnx.state(grads, Core))
     assert len(core_grads) == len(layer.cores)
     assert all(float(jnp.abs(g).max()) > 0 for g in core_grads)
-    first = 1 if fmt == "tucker" else 0  # the Tucker core comes first
-    axis = 1 if fmt in ("tt", "ttm", "tr") else 0
+    first = 1 if fmt in ("tucker", "rtk") else 0  # the Tucker core comes first
+    axis = 1 if fmt in ("tt", "ttm", "tr", "rtt", "rtr") else 0
     for k in range(3):
         g = np.moveaxis(np.asarray(core_grads[first + k]), axis, 0)
         for digit in range(layer.vocab_modes[k]):

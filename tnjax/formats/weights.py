@@ -24,6 +24,7 @@ Embed: the (V, E) table as (v_1..v_d, e_1..e_m), V <= prod v (padded), E = prod 
 
   cp, tucker, tt, tr   over the d + m modes
   ttm                  TT over the pairs (v_k e_k) (m = d)
+  rcp, rtk, rtt, rtr   CP, Tucker, TT (= ttm), TR over the pairs (v_k e_k) (m = d)
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ RESHAPED_LINEAR_FORMATS = ("rcp", "rtk", "rtt", "rtr")
 PLAIN_CONV_FORMATS = ("cp", "tucker", "tt", "tr")
 RESHAPED_CONV_FORMATS = ("rcp", "rtk", "rtt", "rtr")
 CONV_FORMATS = PLAIN_CONV_FORMATS + RESHAPED_CONV_FORMATS
-EMBED_FORMATS = ("cp", "tucker", "tt", "ttm", "tr")
+EMBED_FORMATS = ("cp", "tucker", "tt", "ttm", "tr", "rcp", "rtk", "rtt", "rtr")
 _MAX_CONV_MODES = 10
 
 _LINEAR_RANKS = {
@@ -107,6 +108,10 @@ def _embed_rank_names(fmt: str) -> str:
         "cp": "(R,)",
         "tucker": "(R_1..R_{d+m})",
         "tr": "(r_0..r_{d+m-1})",
+        "rcp": "(R,)",
+        "rtk": "(R_1..R_d), one per pair v_k e_k",
+        "rtt": "(r_1..r_{d-1})",
+        "rtr": "(r_0..r_{d-1})",
     }[fmt]
 
 
@@ -367,20 +372,20 @@ def embed_layout(
     else:
         if vocab_modes is not None:
             d = len(vocab_modes)
-        elif format == "ttm" and feature_modes is not None:
+        elif format in _PAIRED and feature_modes is not None:
             d = len(feature_modes)
         else:
             d = num_modes
         vocab = _resolve_vocab(num_embeddings, vocab_modes, d)
-        if format == "ttm":
+        if format in _PAIRED:
             feats = resolve_modes(features, feature_modes, len(vocab), "feature_modes")[0]
         elif feature_modes is None:
             feats = (features,)
         else:
             feats = resolve_modes(features, feature_modes, 1, "feature_modes")[0]
-    if format == "ttm" and len(vocab) != len(feats):
+    if format in _PAIRED and len(vocab) != len(feats):
         raise ValueError(
-            f"format='ttm' pairs vocab and feature modes: vocab_modes {vocab} and "
+            f"format={format!r} pairs vocab and feature modes: vocab_modes {vocab} and "
             f"feature_modes {feats} need the same number of modes (pad with 1s)"
         )
     if math.prod(vocab) < num_embeddings or math.prod(feats) < features:

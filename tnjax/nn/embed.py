@@ -9,6 +9,8 @@ padding that is never returned) and stored in a tensor format:
   cp      factors (v_k, R) and (e_j, R), no separate weight vector
   tucker  core (R_1..R_{d+m}) and factors (v_k, R_k), (e_j, R_{d+j})
   tr      tensor-ring cores over (v_1..v_d, e_1..e_m): (r_{k-1}, n_k, r_k), r_0 = r_{d+m}
+  rcp, rtk, rtt, rtr   CP, Tucker, TT (= ttm), TR over the pairs (v_k e_k) (m = d), the
+          reshaped formats of the TNN paper
 
 A lookup never materialises the table: each index is split into its digits (i_1..i_d)
 by integer div/mod, only the core slices `core_k[:, i_k]` (or factor rows) are gathered,
@@ -57,9 +59,11 @@ class Embed(TensorLayer):
     Args:
       num_embeddings: V, the vocabulary size.
       features: E, the embedding size.
-      format: one of "cp", "tucker", "tt", "ttm", "tr" (see the module docstring for layouts).
+      format: one of "cp", "tucker", "tt", "ttm", "tr" or the paired "rcp", "rtk",
+        "rtt" (= ttm), "rtr" (see the module docstring for layouts).
       rank: int (the same for every bond, clipped to what each bond allows) or a tuple
-        with one entry per bond (ttm: d-1, tt: d+m-1, cp: 1, tucker: d+m, tr: d+m).
+        with one entry per bond (ttm, rtt: d-1; tt: d+m-1; cp, rcp: 1; tucker, tr: d+m;
+        rtk, rtr: d).
       compression: instead of `rank`, the fraction of the dense table's parameters
         (V*E) to keep; ranks are fitted to it (see `tnjax.formats.layout.fit_ranks`).
       num_modes: d, the number of vocab modes when `vocab_modes` is None.
