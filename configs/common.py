@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 __all__ = ["parse_arg", "base_config", "layers_config"]
 
@@ -83,10 +84,12 @@ def base_config(name: str) -> ml_collections.ConfigDict:
         {
             "name": "fashion_mnist",
             "source": "auto",  # auto: local files if found, else TFDS; or "local", "tfds"
-            "data_dir": "",  # default: $TNJAX_DATA_DIR
-            "tfds_data_dir": "",
-            "num_train": 0,  # 0: all
-            "num_test": 0,
+            # Optional fields are typed placeholders (None until set, and settable from
+            # --config.data.X): a real 0 or "" is passed on as given, never read as "unset".
+            "data_dir": config_dict.placeholder(str),  # None: $TNJAX_DATA_DIR
+            "tfds_data_dir": config_dict.placeholder(str),
+            "num_train": config_dict.placeholder(int),  # None: all
+            "num_test": config_dict.placeholder(int),
             "augment": "none",
         }
     )

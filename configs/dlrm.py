@@ -35,6 +35,7 @@ def get_config(arg: str | None = None):
     c.data.num_dense = 13
     c.data.vocab_sizes = (1000, 1000, 500, 200)
     c.data.embed_rank = 2
+    c.data.zipf_exponent = 1.0  # 0: uniform ids
     c.data.num_train = 32768
     c.data.num_test = 8192
     c.model.name = "dlrm"

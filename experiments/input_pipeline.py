@@ -832,6 +832,7 @@ def _synthetic_clicks(cfg, seed: int) -> Dataset:
         "embed_rank": rank,
         "embed_dim": dim,
         "num_dense": num_dense,
+        "zipf_exponent": zipf,
         "planted": planted,
     }
     train = make(int(_get(cfg, "num_train", 8192)), 1)

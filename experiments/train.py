@@ -163,8 +163,12 @@ def clean_layer_specs(layers: Mapping[str, Any] | None) -> dict[str, Any] | None
 
 
 def data_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """`config.data` for `input_pipeline.load_dataset`, placeholders (0, "") dropped."""
-    out = {k: v for k, v in config.data.to_dict().items() if v not in (0, "", None)}
+    """`config.data` for `input_pipeline.load_dataset`, unset fields (None) dropped.
+
+    Only None means "not set": a 0, 0.0, "" or False in the config reaches the pipeline as
+    written (e.g. `zipf_exponent = 0.0`, uniform ids).
+    """
+    out = {k: v for k, v in config.data.to_dict().items() if v is not None}
     out["seed"] = int(config.seed)
     return out
 
@@ -345,7 +349,25 @@ def evaluate_model(
 # --------------------------------------------------------------------------- run bookkeeping
 
 
+# Workdirs written before 2026-12-01 store the old "not set" markers of these data fields
+# ("" and 0); they meant what None means now, so such runs still resume.
+_LEGACY_UNSET = {"data_dir": "", "tfds_data_dir": "", "num_train": 0, "num_test": 0}
+
+
+def _legacy_unset_as_none(config: Any) -> Any:
+    if not isinstance(config, Mapping):
+        return config
+    out = {k: _legacy_unset_as_none(v) for k, v in config.items()}
+    data = out.get("data")
+    if isinstance(data, dict):
+        out["data"] = {
+            k: None if k in _LEGACY_UNSET and v == _LEGACY_UNSET[k] else v for k, v in data.items()
+        }
+    return out
+
+
 def _config_for_comparison(config: Mapping[str, Any]) -> dict[str, Any]:
+    config = _legacy_unset_as_none(config)
     return {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE}
 
 

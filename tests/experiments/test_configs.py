@@ -178,3 +178,39 @@ def test_cli_names_a_missing_dataset(tmp_path):
     )
     assert proc.returncode == 1
     assert "TNJAX_DATA_DIR" in proc.stderr and "mnist" in proc.stderr
+
+
+def test_a_zero_in_a_config_reaches_the_data_pipeline():
+    """bayes_dlrm once asked for `zipf_exponent = 0.0` (uniform ids) and got Zipf(1): the
+    trainer dropped every 0 and "" as "not set". Only None means unset now."""
+    from experiments import input_pipeline, train
+
+    config = importlib.import_module("configs.bayes_dlrm").get_config("quick,zipf=0")
+    data = train.data_config(config)
+    assert data["zipf_exponent"] == 0.0
+    ds = input_pipeline.load_dataset(data)
+    assert ds.info["zipf_exponent"] == 0.0
+    counts = np.bincount(np.asarray(ds.train["sparse"][:, 0]), minlength=200)
+    assert counts.max() < 2 * counts.mean()  # uniform; Zipf(1) gives the top id ~34x the mean
+    # unset optional fields are None and still settable (typed placeholders)
+    assert config.data.data_dir is None
+    config.data.data_dir = "/tmp"
+    with pytest.raises(TypeError):
+        config.data.num_test = "all"
+
+
+def test_a_workdir_written_with_the_old_unset_markers_still_resumes(tmp_path):
+    """Before None meant "unset", config.json stored data_dir "" and num_train 0."""
+    from experiments import train
+
+    config = importlib.import_module("configs.lenet5").get_config()  # full data: all unset
+    saved = json.loads(config.to_json_best_effort())
+    saved["data"].update(data_dir="", tfds_data_dir="", num_train=0, num_test=0)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    train.check_resumable(str(tmp_path), config)  # the same run: accepted
+    saved["data"]["num_test"] = 7
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(ValueError, match="data.num_test"):
+        train.check_resumable(str(tmp_path), config)
