@@ -315,16 +315,14 @@ def _folded(x: CP, into: int = 0) -> list[jax.Array]:
     return factors
 
 
-def weight_random(
-    key: jax.Array,
-    shape: Sequence[int],
-    ranks: Sequence[int],
-    std: float | None,
-    dtype: Any,
-    absorbed: Sequence[int] = (),
-) -> list[jax.Array]:
-    """Random factors (I_k, R) whose CP reconstruction has entries of std `std`."""
-    return _folded(random(key, shape, ranks[0], std=std, dtype=dtype))
+def weight_rank(shape: Sequence[int], ranks: Sequence[int], absorbed: Sequence[int] = ()) -> int:
+    """`random`/`from_dense`'s rank: R."""
+    return int(ranks[0])
+
+
+def weight_cores(x: CP, absorbed: Sequence[int] = ()) -> list[jax.Array]:
+    """The factors with the weights folded into the first one, as a layer stores them."""
+    return _folded(x)
 
 
 def weight_from_dense(
@@ -337,6 +335,8 @@ def weight_from_dense(
     fold_last: bool = False,
 ) -> list[jax.Array]:
     """CP factors (I_k, R) of `x` (the weights folded into the first factor, or the last).
+
+    CP overrides the layout's generic decomposition (`from_dense` then `weight_cores`).
 
     Below the maximal rank: CP-ALS (`from_dense`). With `refit_largest`, ALS runs on `x`
     with its largest mode last and that mode's factor is then re-solved by a QR-based

@@ -13,8 +13,9 @@ Everything else is derived here, in one place, for every layer kind and format: 
 parameter counts, contraction terms, the largest rank of each bond, rank fitting to a
 parameter budget, random initialisation, decomposition of a dense kernel, reconstruction, and
 the rank groups of the Bayesian code. What a format family contributes (its cores over a
-tensor with given modes, its bounds, its `random`/`from_dense`) lives in the family's own
-module (`cp`, `tucker`, `tt`, `tr`: `weight_structure`, `weight_random`, `weight_from_dense`);
+tensor with given modes, its bounds, how its `random`/`from_dense` take the ranks and give the
+cores) lives in the family's own module (`cp`, `tucker`, `tt`, `tr`: `weight_structure`,
+`weight_rank`, `weight_cores`, and CP's own `weight_from_dense`);
 which tensor each layer kind decomposes in each format is in `tnjax.formats.weights`.
 
 Layouts are frozen, hashable and hold no arrays: safe as static data under `jax.jit`.
@@ -111,7 +112,7 @@ class Layout:
         it merges (e.g. (in_k, out_k) for a TT-matrix).
       absorbed: tensor modes a Tucker layout keeps at full size in its core.
       bonds: the rank bonds in the order of `ranks` (the user's `rank=` order).
-      family_bonds: the same bonds in the family's order (what `weight_random` takes).
+      family_bonds: the same bonds in the family's order (what `weight_rank` takes).
       open_bonds: size-1 boundary bonds (TT ends): stored, never ranks.
       family_cores: each core's axes as the family sees them (merged modes and bonds).
       split_stored: whether merged modes are stored split (Linear, Embed: a TT-matrix core
@@ -350,10 +351,10 @@ class Layout:
     ) -> list[jax.Array]:
         """Random cores whose reconstructed kernel has entries of standard deviation `std`."""
         family = FAMILIES[self.family]
-        cores = family.weight_random(
-            key, self.tensor_shape, self._family_ranks(), std, dtype, self.absorbed
-        )
-        return self._stored(cores)
+        shape, ranks = self.tensor_shape, self._family_ranks()
+        rank = family.weight_rank(shape, ranks, self.absorbed)
+        x = family.random(key, shape, rank, std=std, dtype=dtype)
+        return self._stored(family.weight_cores(x, self.absorbed))
 
     def kernel_to_tensor(self, kernel: jax.Array) -> jax.Array:
         """Dense kernel (`dense_shape`) -> the tensor the family decomposes (zero-padded)."""
@@ -389,15 +390,15 @@ class Layout:
             )
         tensor = self.kernel_to_tensor(kernel)
         family = FAMILIES[self.family]
-        cores = self._stored(
-            family.weight_from_dense(
-                tensor,
-                self._family_ranks(),
-                key,
-                self.absorbed,
-                **dict(self.decompose_options),
-            )
-        )
+        ranks = self._family_ranks()
+        if hasattr(family, "weight_from_dense"):  # a family's own algorithm (CP's refit)
+            options = dict(self.decompose_options)
+            cores = family.weight_from_dense(tensor, ranks, key, self.absorbed, **options)
+        else:
+            rank = family.weight_rank(tensor.shape, ranks, self.absorbed)
+            x = family.from_dense(tensor, rank=rank, key=key)
+            cores = family.weight_cores(x, self.absorbed)
+        cores = self._stored(cores)
         if grow_key is None:
             grow_key = jax.random.fold_in(key, 1)
         grown = pad_cores(cores, self.core_shapes, grow_key)

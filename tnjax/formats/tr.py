@@ -272,21 +272,11 @@ def weight_structure(
     )
 
 
-def weight_random(
-    key: jax.Array,
-    shape: Sequence[int],
-    ranks: Sequence[int],
-    std: float | None,
-    dtype: Any,
-    absorbed: Sequence[int] = (),
-) -> list[jax.Array]:
-    """Random cores whose reconstruction has entries of std `std`."""
-    return list(random(key, shape, tuple(ranks), std=std, dtype=dtype).cores)
+def weight_rank(shape: Sequence[int], ranks: Sequence[int], absorbed: Sequence[int] = ()) -> Any:
+    """`random`/`from_dense`'s rank: (r_0, ..., r_{d-1})."""
+    return tuple(int(r) for r in ranks)
 
 
-def weight_from_dense(
-    x: jax.Array, ranks: Sequence[int], key: jax.Array, absorbed: Sequence[int] = (), **options
-) -> list[jax.Array]:
-    """TR-SVD at the ranks (clipped where the unfoldings allow less); no options."""
-    del options
-    return list(from_dense(x, rank=tuple(ranks), key=key).cores)
+def weight_cores(x: TR, absorbed: Sequence[int] = ()) -> list[jax.Array]:
+    """The cores of a TR tensor, as a layer stores them."""
+    return list(x.cores)

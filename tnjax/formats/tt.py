@@ -320,21 +320,11 @@ def weight_structure(
     )
 
 
-def weight_random(
-    key: jax.Array,
-    shape: Sequence[int],
-    ranks: Sequence[int],
-    std: float | None,
-    dtype: Any,
-    absorbed: Sequence[int] = (),
-) -> list[jax.Array]:
-    """Random cores whose reconstruction has entries of std `std`."""
-    return list(random(key, shape, (1, *ranks, 1), std=std, dtype=dtype).cores)
+def weight_rank(shape: Sequence[int], ranks: Sequence[int], absorbed: Sequence[int] = ()) -> Any:
+    """`random`/`from_dense`'s rank: (1, r_1, ..., r_{d-1}, 1)."""
+    return (1, *(int(r) for r in ranks), 1)
 
 
-def weight_from_dense(
-    x: jax.Array, ranks: Sequence[int], key: jax.Array, absorbed: Sequence[int] = (), **options
-) -> list[jax.Array]:
-    """TT-SVD at the ranks (clipped where the unfoldings allow less); no options."""
-    del options
-    return list(from_dense(x, rank=(1, *ranks, 1), key=key).cores)
+def weight_cores(x: TT, absorbed: Sequence[int] = ()) -> list[jax.Array]:
+    """The cores of a TT tensor, as a layer stores them."""
+    return list(x.cores)

@@ -300,12 +300,13 @@ def weight_structure(
     )
 
 
-def _full_ranks(shape: Sequence[int], ranks: Sequence[int], absorbed: Sequence[int]):
+def weight_rank(shape: Sequence[int], ranks: Sequence[int], absorbed: Sequence[int] = ()):
+    """`random`/`from_dense`'s rank: the bond sizes, absorbed modes at their full size."""
     it = iter(ranks)
     return tuple(int(n) if k in absorbed else int(next(it)) for k, n in enumerate(shape))
 
 
-def _absorbed_cores(x: Tucker, absorbed: Sequence[int]) -> list[jax.Array]:
+def weight_cores(x: Tucker, absorbed: Sequence[int] = ()) -> list[jax.Array]:
     """[core, factors of the factored modes], the absorbed factors multiplied into the core."""
     if not absorbed:
         return [x.core, *x.factors]
@@ -315,28 +316,3 @@ def _absorbed_cores(x: Tucker, absorbed: Sequence[int]) -> list[jax.Array]:
     spec = ",".join([old] + [new[k] + old[k] for k in absorbed]) + "->" + out
     core = jnp.einsum(spec, x.core, *(x.factors[k] for k in absorbed))
     return [core] + [f for k, f in enumerate(x.factors) if k not in absorbed]
-
-
-def weight_random(
-    key: jax.Array,
-    shape: Sequence[int],
-    ranks: Sequence[int],
-    std: float | None,
-    dtype: Any,
-    absorbed: Sequence[int] = (),
-) -> list[jax.Array]:
-    """Random core and factors whose reconstruction has entries of std `std`."""
-    x = random(key, shape, _full_ranks(shape, ranks, absorbed), std=std, dtype=dtype)
-    return _absorbed_cores(x, absorbed)
-
-
-def weight_from_dense(
-    x: jax.Array, ranks: Sequence[int], key: jax.Array, absorbed: Sequence[int] = (), **options
-) -> list[jax.Array]:
-    """HOSVD + HOOI at the ranks (absorbed modes at full size, their factors absorbed).
-
-    `options` (another family's, e.g. CP's `refit_largest`) are ignored.
-    """
-    del options
-    t = from_dense(x, rank=_full_ranks(x.shape, ranks, absorbed), key=key)
-    return _absorbed_cores(t, absorbed)
