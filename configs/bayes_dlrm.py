@@ -97,7 +97,7 @@ def get_config(arg: str | None = None):
     c.eval_batch_size = 2048
     c.num_steps = args.steps
     c.log_every = 100
-    c.eval_every = 0
+    c.eval_every = None
     c.checkpoint_every = 1000
     if args.quick:
         c.data.num_train = 8192

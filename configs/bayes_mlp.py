@@ -17,7 +17,7 @@ Other fc1 formats: `format=tt|cp|tucker` (modes chosen by the layer factory);
 Measured results: docs/results/bayes.md.
 
 Args: quick, format, prior (half_cauchy, log_uniform, none), eta, inference (map, svi),
-max_rank, prior_weight, epochs, seed.
+max_rank, prior_weight, epochs, dataset (28x28 images: fashion_mnist, mnist), seed.
 """
 
 from configs import common
@@ -36,6 +36,7 @@ def get_config(arg: str | None = None):
         max_rank=20,
         prior_weight=0.5,
         epochs=15.0,
+        dataset="fashion_mnist",
         seed=0,
     )
     if args.format == "dense" and args.prior != "none":
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None):
     c = common.base_config(f"bayes_mlp_{args.format}")
     common.apply_prior(c, args)
     c.seed = args.seed
-    c.data.name = "fashion_mnist"
+    c.data.name = args.dataset  # 28x28 grey images: fashion_mnist or mnist
     c.model.name = "mlp"
     c.model.kwargs = {"features": (784, 512, 10)}
     fc1 = {"format": args.format, "rank": args.max_rank}
@@ -63,6 +64,6 @@ def get_config(arg: str | None = None):
         c.data.num_test = 2000
         c.num_steps = 150
         c.log_every = 50
-        c.eval_every = 0
+        c.eval_every = None
         c.checkpoint_every = 100
     return c

@@ -25,7 +25,7 @@ stops the random-init CP from fitting); tensor ring as the TT-matrix. Every plan
 recovered exactly with both MAP and SVI (docs/results/bayes.md).
 
 Args: quick, planted (ttm, cp, tucker, tr), prior (half_cauchy, log_uniform), eta, inference
-(map, svi), max_rank, prior_weight and steps (0: the format's recipe), seed.
+(map, svi), max_rank, prior_weight and steps (unset: the format's recipe), seed.
 """
 
 from configs import common
@@ -56,8 +56,8 @@ def get_config(arg: str | None = None):
         eta=1.0,
         inference="map",
         max_rank=16,
-        prior_weight=0.0,
-        steps=0,
+        prior_weight=common.unset(float),
+        steps=common.unset(int),
         seed=0,
     )
     if args.planted not in _PLANTED:
@@ -83,14 +83,14 @@ def get_config(arg: str | None = None):
     # The regression likelihood assumes unit noise variance (the data have 0.05), so the
     # prior weight tempers the posterior; too weak leaves spare ranks, too strong collapses
     # the fit (TT-matrix: 1 leaves (6, 5), 100 collapses).
-    c.bayes.prior_weight = args.prior_weight or weight
+    c.bayes.prior_weight = weight if args.prior_weight is None else args.prior_weight
     c.bayes.kl_delay_steps = delay
     c.bayes.kl_warmup_steps = warmup
     c.optimizer.learning_rate = 3e-3
     c.optimizer.schedule = "cosine"
     c.batch_size = 128
     c.eval_batch_size = 1024
-    c.num_steps = args.steps or steps
+    c.num_steps = steps if args.steps is None else args.steps
     c.log_every = 100
     c.checkpoint_every = 500
     if args.quick:

@@ -12,10 +12,19 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-__all__ = ["parse_arg", "base_config", "layers_config"]
+__all__ = ["parse_arg", "base_config", "layers_config", "unset"]
+
+
+class unset:  # noqa: N801 (reads as a value in parse_arg calls: rank=unset(int))
+    """The default of an optional config argument: None until the user gives a `kind` value."""
+
+    def __init__(self, kind: type):
+        self.kind = kind
 
 
 def _convert(key: str, text: str, default: Any) -> Any:
+    if isinstance(default, unset):
+        return _convert(key, text, default.kind())
     if isinstance(default, bool):
         if text.lower() in ("", "1", "true", "yes"):
             return True
@@ -33,10 +42,12 @@ def _convert(key: str, text: str, default: Any) -> Any:
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     """Parses "quick,format=tt,rank=8" against `defaults` (which also give the types).
 
+    A default `unset(int)` makes an optional argument: None unless given.
+
     Raises:
       ValueError: naming an unknown key (and listing the known ones) or a bad value.
     """
-    values = dict(defaults)
+    values = {k: None if isinstance(v, unset) else v for k, v in defaults.items()}
     for item in (arg or "").split(","):
         item = item.strip()
         if not item:
@@ -52,21 +63,29 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def layers_config(
-    format: str = "dense", rank: int = 0, compression: float = 0.0, conv_format: str = ""
+    format: str = "dense",
+    rank: int | None = None,
+    compression: float | None = None,
+    conv_format: str | None = None,
 ) -> ml_collections.ConfigDict:
     """`config.model.layers`: the default layer spec and per-layer overrides.
 
-    rank 0 and compression 0.0 mean "not set"; conv_format "" means "same as format". The
-    model's first conv and last dense layer stay dense unless an override names them.
+    rank, compression, conv_format and num_modes are typed placeholders: None means "not
+    set" (conv_format None: the same as format). The model's first conv and last dense layer
+    stay dense unless an override names them.
     """
     return ml_collections.ConfigDict(
         {
             "default": {
                 "format": format,
-                "rank": rank,
-                "compression": compression,
-                "conv_format": conv_format,
-                "num_modes": 0,
+                "rank": config_dict.placeholder(int) if rank is None else rank,
+                "compression": (
+                    config_dict.placeholder(float) if compression is None else compression
+                ),
+                "conv_format": (
+                    config_dict.placeholder(str) if conv_format is None else conv_format
+                ),
+                "num_modes": config_dict.placeholder(int),
             },
             "overrides": {},
         }
@@ -93,7 +112,9 @@ def base_config(name: str) -> ml_collections.ConfigDict:
             "augment": "none",
         }
     )
-    c.model = ml_collections.ConfigDict({"name": "", "layers": layers_config(), "kwargs": {}})
+    c.model = ml_collections.ConfigDict(
+        {"name": config_dict.placeholder(str), "layers": layers_config(), "kwargs": {}}
+    )
     c.optimizer = ml_collections.ConfigDict(
         {
             "name": "adam",
@@ -102,32 +123,42 @@ def base_config(name: str) -> ml_collections.ConfigDict:
             "warmup_steps": 0,
             "momentum": 0.9,
             "weight_decay": 0.0,
-            "grad_clip": 0.0,
+            "grad_clip": config_dict.placeholder(float),  # None: no clipping
         }
     )
     c.batch_size = 128
     c.eval_batch_size = 1000
-    c.num_steps = 0  # 0: use num_epochs
+    c.num_steps = config_dict.placeholder(int)  # None: use num_epochs
     c.num_epochs = 1.0
     c.log_every = 100
-    c.eval_every = 0  # 0: only at the end
+    c.eval_every = config_dict.placeholder(int)  # None: only at the end
     c.checkpoint_every = 1000
     c.max_checkpoints = 3
     c.tensorboard = True
     c.mesh = mesh_config()
-    c.debug = ml_collections.ConfigDict({"kill_at_step": -1})  # tests: SIGKILL after this step
+    c.debug = debug_config()
     return c
+
+
+def debug_config() -> ml_collections.ConfigDict:
+    """`config.debug`: test hooks (kill_at_step: SIGKILL after this step; None: never)."""
+    return ml_collections.ConfigDict({"kill_at_step": config_dict.placeholder(int)})
 
 
 def mesh_config() -> ml_collections.ConfigDict:
     """`config.mesh`: the device mesh and which state arrays are split along `model`.
 
     data -1: every device not on `model`. shard_params: a regex searched in each state
-    array's path (e.g. "embeddings" for DLRM's tables; "" = replicate everything);
+    array's path (e.g. "embeddings" for DLRM's tables; None = replicate everything);
     shard_min_size: only arrays with at least this many elements. See experiments/sharding.py.
     """
     return ml_collections.ConfigDict(
-        {"data": -1, "model": 1, "shard_params": "", "shard_min_size": 0}
+        {
+            "data": -1,
+            "model": 1,
+            "shard_params": config_dict.placeholder(str),
+            "shard_min_size": 0,
+        }
     )
 
 
@@ -137,19 +168,37 @@ def apply_layers(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) 
     d.format = args.format
     d.rank = args.rank
     d.compression = args.compression
-    d.conv_format = args.get("conv_format", "")
+    d.conv_format = args.get("conv_format", None)
 
 
-def compress_config(name: str) -> ml_collections.ConfigDict:
-    """Fields of the `compress` trainer's configs (the teacher is a `train` config)."""
+# The data fields a compress config's teacher inherits from `config.data` (the student's).
+INHERITED_DATA = ("name", "source", "data_dir", "tfds_data_dir", "num_train", "num_test")
+
+
+def compress_config(name: str, teacher: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fields of the `compress` trainer's configs; `teacher` is the dense model's `train`
+    config.
+
+    `config.data` is the data the student is compressed and fine-tuned on (a copy of the
+    teacher's); the teacher's own `data.name`, `source`, `data_dir`, `tfds_data_dir`,
+    `num_train` and `num_test` become unset placeholders that the trainer fills from
+    `config.data`, so `--config.data.X` changes both and `--config.teacher.data.X` the teacher
+    alone. The teacher keeps its own augmentation.
+    """
     c = ml_collections.ConfigDict()
     c.name = name
     c.trainer = "compress"
     c.seed = 0
-    c.teacher = ml_collections.ConfigDict()
-    c.teacher_workdir = ""  # default WORKDIR/teacher
+    c.data = ml_collections.ConfigDict(
+        {k: _placeholder_like(teacher.data, k) for k in INHERITED_DATA}
+    )
+    for k in INHERITED_DATA:
+        c.data[k] = teacher.data[k]
+        teacher.data[k] = _placeholder_like(teacher.data, k)
+    c.teacher = teacher
+    c.teacher_workdir = config_dict.placeholder(str)  # None: WORKDIR/teacher
     c.format = "rcp"
-    c.linear_format = ""  # default: the same as format
+    c.linear_format = config_dict.placeholder(str)  # None: the same as format
     c.rate = 0.1
     c.rate_overrides = {}  # {layer pattern: rate}, e.g. {"conv2": 0.3}; the rest get `rate`
     c.layers = ()  # fnmatch patterns; empty: all but the first conv and the last dense
@@ -167,12 +216,20 @@ def compress_config(name: str) -> ml_collections.ConfigDict:
         }
     )
     c.compare_end_to_end = False
-    c.curve_every = 0  # evaluate every N steps of phase 1 / end-to-end (0: no curves)
+    # evaluate every N steps of phase 1 / end-to-end (None: no curves)
+    c.curve_every = config_dict.placeholder(int)
     c.log_every = 100
     c.tensorboard = True
     c.mesh = mesh_config()
-    c.debug = ml_collections.ConfigDict({"kill_at_step": -1})
+    c.debug = debug_config()
     return c
+
+
+def _placeholder_like(section: ml_collections.ConfigDict, key: str):
+    """An unset placeholder of the type of `section.key` (its declared type if it is unset)."""
+    value = section[key]
+    kind = type(value) if value is not None else section.get_type(key)
+    return config_dict.placeholder(kind)
 
 
 def apply_prior(c: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:

@@ -9,12 +9,15 @@ or reused if already there: scripts/tnn_lenet5_table.py shares one teacher acros
 conv2, fc1 and fc2 are decomposed (conv1 and fc3 stay dense) to `rate` of their parameters in
 `format` (cp, tk, tt, tr, rcp, rtk, rtt, rtr; the fc layers use the Linear layer's variant of
 the same format: rtt is the TT-matrix), then phase 1 (400 steps per block) and phase 2
-(940 steps of fine-tuning with distillation) run. Expected at rate 0.1: about 89-90% test
+(1,880 steps of fine-tuning with distillation) run. Expected at rate 0.1: about 89-90% test
 accuracy after phase 2 against 90.6% dense (docs/results/tnn_lenet5.md has the measured
 table). `quick`: quick teacher, 40 steps per block, 40 fine-tuning steps, ~1 minute.
 
-Args: quick, format, rate, phase1_steps, phase2_steps, kd, compare (end-to-end comparison
-curves), teacher_workdir, seed.
+The teacher trains on the student's data (`dataset=`, `--config.data.*`) unless
+`--config.teacher.data.*` says otherwise.
+
+Args: quick, format, linear_format, rate, phase1_steps, phase2_steps, kd, compare
+(end-to-end comparison curves), curve_every, teacher_workdir, dataset, seed.
 """
 
 from configs import common, lenet5
@@ -25,18 +28,21 @@ def get_config(arg: str | None = None):
         arg,
         quick=False,
         format="rcp",
-        linear_format="",
+        linear_format=common.unset(str),
         rate=0.1,
         phase1_steps=400,
         phase2_steps=1880,
         kd=1.0,
         compare=False,
-        curve_every=0,
-        teacher_workdir="",
+        curve_every=common.unset(int),
+        teacher_workdir=common.unset(str),
+        dataset=common.unset(str),
         seed=0,
     )
-    c = common.compress_config("compress_lenet5")
-    c.teacher = lenet5.get_config("quick" if args.quick else None)
+    teacher = lenet5.get_config("quick" if args.quick else None)
+    c = common.compress_config("compress_lenet5", teacher)
+    if args.dataset is not None:  # else the teacher config's dataset
+        c.data.name = args.dataset
     c.teacher_workdir = args.teacher_workdir
     c.seed = args.seed
     c.format = args.format

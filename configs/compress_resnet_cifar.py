@@ -12,7 +12,9 @@ few points of the dense 92.5%; not measured here (no CIFAR-10 offline, no accele
 `quick`: ResNet-20 on synthetic 32x32 images, teacher 20 steps, 10 steps per stage,
 10 fine-tuning steps (checks the pipeline end to end; accuracy meaningless).
 
-Args: quick, depth, format, rate, phase1_steps, phase2_steps, kd, teacher_workdir, seed.
+Args: quick, depth, format, rate, phase1_steps, phase2_steps, kd, teacher_workdir, dataset
+(default: the teacher config's; the teacher trains on the student's data unless
+`--config.teacher.data.*` says otherwise), seed.
 """
 
 from configs import common, resnet_cifar
@@ -28,11 +30,14 @@ def get_config(arg: str | None = None):
         phase1_steps=2000,
         phase2_steps=20000,
         kd=1.0,
-        teacher_workdir="",
+        teacher_workdir=common.unset(str),
+        dataset=common.unset(str),
         seed=0,
     )
-    c = common.compress_config(f"compress_resnet{args.depth}_cifar")
-    c.teacher = resnet_cifar.get_config("quick" if args.quick else f"depth={args.depth}")
+    teacher = resnet_cifar.get_config("quick" if args.quick else f"depth={args.depth}")
+    c = common.compress_config(f"compress_resnet{args.depth}_cifar", teacher)
+    if args.dataset is not None:  # else the teacher config's dataset
+        c.data.name = args.dataset
     c.teacher_workdir = args.teacher_workdir
     c.seed = args.seed
     c.format = args.format

@@ -21,8 +21,8 @@ def get_config(arg: str | None = None):
         arg,
         quick=False,
         format="dense",
-        rank=0,
-        compression=0.0,
+        rank=common.unset(int),
+        compression=common.unset(float),
         mlp_format="dense",
         embed_dim=16,
         epochs=10.0,
@@ -58,6 +58,6 @@ def get_config(arg: str | None = None):
         c.num_steps = 100
         c.batch_size = 128
         c.log_every = 50
-        c.eval_every = 0
+        c.eval_every = None
         c.checkpoint_every = 50
     return c

@@ -24,9 +24,9 @@ def get_config(arg: str | None = None):
         arg,
         quick=False,
         format="dense",
-        rank=0,
-        compression=0.0,
-        conv_format="",
+        rank=common.unset(int),
+        compression=common.unset(float),
+        conv_format=common.unset(str),
         dataset="fashion_mnist",
         epochs=12.0,
         seed=0,
@@ -50,6 +50,6 @@ def get_config(arg: str | None = None):
         c.num_steps = 150
         c.optimizer.warmup_steps = 10
         c.log_every = 50
-        c.eval_every = 0
+        c.eval_every = None
         c.checkpoint_every = 100
     return c

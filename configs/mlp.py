@@ -18,8 +18,8 @@ def get_config(arg: str | None = None):
         arg,
         quick=False,
         format="dense",
-        rank=0,
-        compression=0.0,
+        rank=common.unset(int),
+        compression=common.unset(float),
         dataset="fashion_mnist",
         epochs=10.0,
         seed=0,
@@ -40,6 +40,6 @@ def get_config(arg: str | None = None):
         c.data.num_test = 2000
         c.num_steps = 150
         c.log_every = 50
-        c.eval_every = 0
+        c.eval_every = None
         c.checkpoint_every = 100
     return c

@@ -53,8 +53,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from experiments import input_pipeline, metrics, optim, sharding, train
+from experiments import input_pipeline, loop, metrics, optim, schema, sharding, train
+from experiments import workdir as workdir_lib
 from experiments.checkpoint import Checkpointer, write_json
+from experiments.tasks import Task, example_inputs, task_of
 from tnjax import bayes, models
 from tnjax.bayes import svi
 
@@ -114,7 +116,7 @@ def _em_step(model, prior, step_size, scales=None):
     return new
 
 
-def map_objective(task: train.Task, prior: bayes.RankPrior, weight: float, step_size: float, kl):
+def map_objective(task: Task, prior: bayes.RankPrior, weight: float, step_size: float, kl):
     """`objective` of the MAP/EM scheme: EM-update lambda, mean NLL - w(t) log prior."""
 
     def objective(model, batch, step):
@@ -128,7 +130,7 @@ def map_objective(task: train.Task, prior: bayes.RankPrior, weight: float, step_
 
 
 def svi_objective(
-    task: train.Task,
+    task: Task,
     task_name: str,
     prior: bayes.RankPrior,
     weight: float,
@@ -200,9 +202,12 @@ def load_pruned(config: ml_collections.ConfigDict, workdir: str) -> nnx.Module:
     pruned, _, _ = bayes.prune_model(model, readout, threshold=float(summary["threshold"]))
     ckpt = Checkpointer(os.path.join(workdir, SERVED_DIR))
     try:
-        nnx.update(pruned, ckpt.restore(nnx.state(pruned)))
+        latest = ckpt.restore_latest(nnx.state(pruned))
     finally:
         ckpt.close()
+    if latest is None:
+        raise FileNotFoundError(f"no served model in {ckpt.directory}: run {workdir} to the end")
+    nnx.update(pruned, latest[1])
     pruned.eval()
     return pruned
 
@@ -214,7 +219,7 @@ def attach_priors(model: nnx.Module, config: ml_collections.ConfigDict, prior) -
         svi.attach_scales(model, float(config.bayes.get("svi_init_scale", 1e-3)))
 
 
-def objective_of(config: ml_collections.ConfigDict, task: train.Task, prior, num_data: int):
+def objective_of(config: ml_collections.ConfigDict, task: Task, prior, num_data: int):
     """The training objective `config.bayes` asks for (MAP/EM or SVI) on N = num_data."""
     b = config.bayes
     weight = float(b.prior_weight) / num_data  # the minibatch's N/B-scaled share
@@ -229,7 +234,7 @@ def objective_of(config: ml_collections.ConfigDict, task: train.Task, prior, num
 
 
 def _log_lambdas(workdir: str):
-    def on_log(step: int, trainable: train.Trainable) -> None:
+    def on_log(step: int, trainable: loop.Trainable) -> None:
         if not sharding.is_primary_process():
             return  # only process 0 writes the lambdas file
         lam = jax.device_get(lambdas_of(trainable.model()))
@@ -279,14 +284,20 @@ def _planted(ds: input_pipeline.Dataset) -> Any:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains with the priors, reads the ranks out, prunes, evaluates; returns the summary."""
+    """Trains with the priors, reads the ranks out, prunes, evaluates; returns the summary
+    (that of `summary.json` unchanged when the run in `workdir` has finished)."""
+    schema.validate(config)
+    with workdir_lib.claim(workdir, config):
+        finished = workdir_lib.finished_summary(workdir)
+        if finished is not None:
+            return finished
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     b = config.bayes
-    if b.inference not in INFERENCE:
-        raise ValueError(f"unknown bayes.inference {b.inference!r}; choose one of {INFERENCE}")
-    os.makedirs(workdir, exist_ok=True)
-    train.check_resumable(workdir, config)
-    task = train.task_of(config)
+    task = task_of(config)
     ds = input_pipeline.load_dataset(train.data_config(config))
     num_steps = train.resolve_num_steps(config, ds.num_train)
     model = train.build_model(config, ds)
@@ -298,28 +309,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     prior = prior_of(config)
     attach_priors(model, config, prior)
     tx = optim.make_optimizer(config.optimizer, num_steps)
-    trainable = train.Trainable.create(model, tx)
+    trainable = loop.Trainable.create(model, tx)
     objective = objective_of(config, task, prior, ds.num_train)
-    run = train.RunLoop(
-        config,
+    run = loop.RunLoop(
+        loop.LoopOptions.from_config(config, num_steps),
         workdir,
         task,
         ds,
         trainable,
         tx,
-        num_steps,
-        on_log=_log_lambdas(workdir),
         objective=objective,
+        on_log=_log_lambdas(workdir),
+        # the lambdas log is cut back to the step actually restored
+        on_restore=lambda step: metrics.truncate_metrics(workdir, step, LAMBDAS_FILE),
     )
-    start = run.ckpt.latest_step() or 0
-    metrics.truncate_metrics(workdir, start, LAMBDAS_FILE)
     final = run.train()
 
     trained = trainable.model(train=False)
     sigmas = svi.detach_scales(trained)  # the posterior means are what is served
     lambdas = jax.device_get(lambdas_of(trained))
     readout = readout_lambdas(trained, lambdas, prior, b.inference)
-    example = train.example_inputs(task, ds.test)
+    example = example_inputs(task, ds.test)
     before = models.model_report(trained, *example)
     pruned, prune_report, _ = bayes.prune_model(trained, readout, threshold=float(b.threshold))
     pruned.eval()
@@ -327,17 +337,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # measured: what XLA counts in the compiled forward of one example, before and after
     xla_flops_before = models.compiled_flops(trained, *example)
     xla_flops_after = models.compiled_flops(pruned, *example)
-    pruned_metrics = train.evaluate_model(pruned, task, ds.test, run.eval_batch_size())
+    pruned_metrics = loop.evaluate_model(pruned, task, ds.test, run.eval_batch_size())
     finetuned_metrics = None
     if int(b.get("finetune_steps", 0)) > 0:
         # the pruned (really smaller) model continues training, without the prior
-        pruned, finetuned_metrics = train.finetune(
+        options = loop.LoopOptions.from_config(
+            config, int(b.finetune_steps), eval_every=None, checkpoint_every=500, kill_at_step=None
+        )
+        pruned, finetuned_metrics = loop.finetune(
             pruned,
-            config,
+            options,
             os.path.join(workdir, "finetune"),
             task,
             ds,
-            steps=int(b.finetune_steps),
             learning_rate=float(b.get("finetune_learning_rate", 1e-3)),
         )
     final_metrics = finetuned_metrics or pruned_metrics
@@ -378,9 +390,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "steps": num_steps,
         "wall_time_sec": time.perf_counter() - t0,
     }
-    write_json(os.path.join(workdir, "summary.json"), summary)
     metrics.plot_curves(metrics.read_metrics(workdir), os.path.join(workdir, "curves.png"))
     plot_lambdas(workdir, os.path.join(workdir, "lambdas.png"))
+    # last: a summary.json marks a finished run (see workdir.finished_summary)
+    write_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE), summary)
     logging.info(
         "learned ranks %s (planted %s); params %d -> %d",
         learned,

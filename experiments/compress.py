@@ -21,8 +21,11 @@ decomposition, after phase 1 and after phase 2. With `compare_end_to_end`, the s
 decomposition is also trained end to end (cross-entropy) for as many steps as phase 1 took,
 and both accuracy curves go into the summary (the paper's convergence claim).
 
-Resume: phase 1 is checkpointed after each block (stage checkpoints in `WORKDIR/phase1`),
-phase 2 by the `train` loop in `WORKDIR/phase2`; a restarted run skips what is done.
+Every phase trains through the shared loop (`experiments.loop.RunLoop`: the mesh, each
+process its rows, metrics, checkpoints) in its own directory: `WORKDIR/phase1/blockNN_NAME`
+per block, `WORKDIR/end_to_end`, `WORKDIR/phase2`; a restarted run restores what is done
+and goes on where it stopped. The config is checked before any teacher is trained, and a
+finished run is returned untouched (see experiments/workdir.py).
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ import optax
 from absl import logging
 from flax import nnx
 
-from experiments import input_pipeline, sharding, train
-from experiments.checkpoint import Checkpointer, write_json
+from experiments import input_pipeline, loop, metrics, schema, sharding, train
+from experiments import workdir as workdir_lib
+from experiments.checkpoint import write_json
+from experiments.tasks import example_inputs, task_of
 from tnjax import compress as tnc
 from tnjax import models
 
@@ -56,8 +61,8 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, temperature: f
 
 def _format_spec(config: ml_collections.ConfigDict) -> Any:
     """`config.format`, with `linear_format` overriding it for Linear layers if set."""
-    linear = config.get("linear_format", "")
-    if not linear:
+    linear = config.get("linear_format", None)
+    if linear is None:
         return config.format
     return {"*": config.format, "fc*": linear}
 
@@ -70,32 +75,19 @@ def _rate_spec(config: ml_collections.ConfigDict) -> Any:
     return {"*": float(config.rate), **{k: float(v) for k, v in overrides.items()}}
 
 
-def _phase1_step(graph, teacher_graph, block: tnc.DistillBlock, tx):
-    """A jitted Adam step on the block MSE; only the block's parameters move."""
-
-    def loss_fn(block_params, other, teacher_state, images):
-        student = nnx.merge(graph, block_params, other, copy=True)
-        teacher = nnx.merge(teacher_graph, teacher_state, copy=True)
-        return tnc.block_mse(student, teacher, block, images)
-
-    def step(block_params, opt_state, other, teacher_state, images):
-        loss, grads = jax.value_and_grad(loss_fn)(block_params, other, teacher_state, images)
-        updates, opt_state = tx.update(grads, opt_state, block_params)
-        return optax.apply_updates(block_params, updates), opt_state, loss
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
 class _Compression:
-    """State of one compression run (the phases are methods, run in order by the trainer)."""
+    """State of one compression run (the phases are methods, run in order by the trainer).
+
+    Every phase trains through `loop.RunLoop` (typed options, the mesh, each process its
+    rows, checkpoints, resume) in its own directory under the workdir.
+    """
 
     def __init__(self, config, workdir, teacher_model, ds, task):
         self.config, self.workdir, self.ds, self.task = config, workdir, ds, task
         self.teacher = teacher_model
         self.teacher.eval()
-        self.batch_size = int(config.batch_size)
-        self.eval_batch = int(config.get("eval_batch_size", 1000))
-        self.example = train.example_inputs(task, ds.test)
+        self.eval_batch = int(config.get("eval_batch_size", None) or config.batch_size)
+        self.example = example_inputs(task, ds.test)
         self.seed = int(config.seed)
 
     def decompose(self) -> tuple[nnx.Module, list[dict]]:
@@ -109,80 +101,92 @@ class _Compression:
             key=jax.random.key(self.seed),
         )
 
-    def images(self, step: int) -> jax.Array:
-        batch = input_pipeline.train_batch(
-            self.ds,
-            step,
-            self.batch_size,
-            seed=self.seed,
-            augment=self.config.get("augment", None),
-        )
-        return jnp.asarray(batch["image"])
-
     def evaluate(self, model) -> dict[str, float]:
-        return train.evaluate_model(model, self.task, self.ds.test, self.eval_batch)
+        return loop.evaluate_model(model, self.task, self.ds.test, self.eval_batch)
 
-    def phase1(self, model, blocks, *, start_block=0, curve_every=0, on_block_done=None):
-        """Sequential training; returns the model and the curve [(steps, test accuracy)]."""
+    def _options(self, num_steps: int, **changes) -> loop.LoopOptions:
+        """The loop options of a phase: the run's, without the test hook."""
+        return loop.LoopOptions.from_config(self.config, num_steps, kill_at_step=None, **changes)
+
+    def block_dir(self, b: int, block: tnc.DistillBlock) -> str:
+        return os.path.join(self.workdir, "phase1", f"block{b:02d}_{block.name}")
+
+    def phase1(self, model, blocks, *, curve_every: int = 0) -> nnx.Module:
+        """Sequential training: block b (its parameters only, batch norm in inference mode)
+        minimises the MSE to the teacher's block output on batches b*S .. (b+1)*S - 1 of the
+        stream (S = steps_per_block), in WORKDIR/phase1/blockNN_NAME; a finished block is
+        restored from its checkpoint."""
         p1 = self.config.phase1
         steps = int(p1.steps_per_block)
-        curve = []
         teacher_graph, teacher_state = nnx.split(self.teacher)
         for b, block in enumerate(blocks):
-            if b < start_block:
-                continue
-            model.eval()  # batch norm in inference mode
-            graph, block_params, other = nnx.split(model, tnc.block_param_filter(block), ...)
-            schedule = optax.cosine_decay_schedule(float(p1.learning_rate), max(steps, 1))
-            tx = optax.adam(schedule)
-            opt_state = tx.init(block_params)
-            step_fn = _phase1_step(graph, teacher_graph, block, tx)
             t0 = time.perf_counter()
-            loss = jnp.zeros(())
-            for i in range(steps):
-                global_step = b * steps + i
-                block_params, opt_state, loss = step_fn(
-                    block_params, opt_state, other, teacher_state, self.images(global_step)
-                )
-                done = global_step + 1
-                if curve_every and done % curve_every == 0:
-                    acc = self.evaluate(nnx.merge(graph, block_params, other))["accuracy"]
-                    curve.append((done, acc))
-            model = nnx.merge(graph, block_params, other)
+            model.eval()  # batch norm in inference mode
+            tx = optax.adam(optax.cosine_decay_schedule(float(p1.learning_rate), max(steps, 1)))
+            trainable = loop.Trainable.create(
+                model, tx, tnc.block_param_filter(block), train_mode=False
+            )
+
+            def block_loss(student, batch, step, block=block):
+                teacher = nnx.merge(teacher_graph, teacher_state, copy=True)
+                images = self.task.inputs(batch)[0]
+                return tnc.block_mse(student, teacher, block, images), None
+
+            options = self._options(
+                steps,
+                eval_every=curve_every or None,
+                checkpoint_every=None,
+                max_checkpoints=1,
+                batch_offset=b * steps,
+                evaluate_at_end=False,
+            )
+            run = loop.RunLoop(
+                options,
+                self.block_dir(b, block),
+                self.task,
+                self.ds,
+                trainable,
+                tx,
+                objective=block_loss,
+            )
+            run.train()
+            model = trainable.model(train=False)
             logging.info(
-                "phase 1 block %s (%s): %d steps, final block MSE %.3g, %.1fs",
+                "phase 1 block %s (%s): %d steps, %.1fs",
                 block.name,
                 ",".join(block.layers),
                 steps,
-                float(loss),
                 time.perf_counter() - t0,
             )
-            if on_block_done is not None:
-                on_block_done(b, model)
-        return model, curve
+        return model
+
+    def phase1_curve(self, blocks) -> list[tuple[int, float]]:
+        """(steps from the decomposition, test accuracy) of phase 1's evaluations."""
+        steps = int(self.config.phase1.steps_per_block)
+        curve = []
+        for b, block in enumerate(blocks):
+            for r in metrics.read_metrics(self.block_dir(b, block)):
+                if r["split"] == "test":
+                    curve.append((b * steps + r["step"], r["accuracy"]))
+        return curve
 
     def end_to_end(self, model, num_steps: int, curve_every: int) -> list[tuple[int, float]]:
-        """Cross-entropy training of `model` from its current weights (for comparison)."""
+        """Cross-entropy training of `model` from its current weights (for comparison), in
+        WORKDIR/end_to_end; returns its curve (step, test accuracy)."""
         p1 = self.config.phase1
         tx = optax.adam(optax.cosine_decay_schedule(float(p1.learning_rate), max(num_steps, 1)))
         model.train()
-        trainable = train.Trainable.create(model, tx)
-        step_fn = train.make_train_step(trainable, tx, self.task)
-        state = trainable.state
-        curve = []
-        for i in range(num_steps):
-            batch = input_pipeline.train_batch(
-                self.ds,
-                i,
-                self.batch_size,
-                seed=self.seed,
-                augment=self.config.get("augment", None),
-            )
-            state, _ = step_fn(state, {k: jnp.asarray(v) for k, v in batch.items()})
-            if curve_every and (i + 1) % curve_every == 0:
-                trainable.state = state
-                curve.append((i + 1, self.evaluate(trainable.model())["accuracy"]))
-        return curve
+        trainable = loop.Trainable.create(model, tx)
+        workdir = os.path.join(self.workdir, "end_to_end")
+        options = self._options(
+            num_steps, eval_every=curve_every, checkpoint_every=None, evaluate_at_end=False
+        )
+        loop.RunLoop(options, workdir, self.task, self.ds, trainable, tx).train()
+        return [
+            (r["step"], r["accuracy"])
+            for r in metrics.read_metrics(workdir)
+            if r["split"] == "test"
+        ]
 
     def phase2(self, model) -> tuple[nnx.Module, dict[str, float]]:
         """End-to-end fine-tuning in WORKDIR/phase2 (checkpointed, resumable)."""
@@ -197,29 +201,59 @@ class _Compression:
                 t_logits = jax.lax.stop_gradient(teacher(*self.task.inputs(batch)))
                 return weight * kd_loss(logits, t_logits, temp)
 
-        return train.finetune(
+        options = self._options(
+            int(p2.steps), eval_every=None, checkpoint_every=int(p2.get("checkpoint_every", 500))
+        )
+        return loop.finetune(
             model,
-            self.config,
+            options,
             os.path.join(self.workdir, "phase2"),
             self.task,
             self.ds,
-            steps=int(p2.steps),
             learning_rate=float(p2.learning_rate),
-            checkpoint_every=int(p2.get("checkpoint_every", 500)),
             extra_loss=extra,
         )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the whole pipeline (see the module docstring); returns the summary."""
+    """Runs the whole pipeline (see the module docstring); returns the summary (that of
+    `summary.json`, unchanged, when the run in `workdir` has finished)."""
+    schema.validate(config)  # before any teacher is trained
+    with workdir_lib.claim(workdir, config):
+        finished = workdir_lib.finished_summary(workdir)
+        if finished is not None:
+            return finished
+        return _compress(config, workdir)
+
+
+def _train_teacher(config: ml_collections.ConfigDict, workdir: str):
+    """The teacher's summary, config and directory (trained, resumed, or reused untouched)."""
+    teacher = schema.teacher_config(config)
+    teacher_dir = config.get("teacher_workdir", None) or os.path.join(workdir, "teacher")
+    logging.info("teacher: %s in %s", teacher.name, teacher_dir)
+    try:
+        summary = train.train_and_evaluate(teacher, teacher_dir)
+    except workdir_lib.ConfigMismatchError as e:
+        keys = [f"teacher.{k}" for k in e.keys]
+        raise workdir_lib.ConfigMismatchError(e.workdir, keys) from None
+    return summary, teacher, teacher_dir
+
+
+def _student_data(config, teacher, teacher_ds: input_pipeline.Dataset) -> input_pipeline.Dataset:
+    """The student's dataset: the teacher's, unless `config.data` differs from it."""
+    student = train.data_config(config)
+    inherited = {k: v for k, v in train.data_config(teacher).items() if k in student}
+    if student == inherited:
+        return teacher_ds
+    return input_pipeline.load_dataset(student)
+
+
+def _compress(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     t_start = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
-    train.check_resumable(workdir, config)
-    teacher_dir = config.get("teacher_workdir", "") or os.path.join(workdir, "teacher")
-    logging.info("teacher: %s in %s", config.teacher.name, teacher_dir)
-    teacher_summary = train.train_and_evaluate(config.teacher, teacher_dir)
-    trainable, ds = train.load_trained(config.teacher, teacher_dir)
-    task = train.task_of(config.teacher)
+    teacher_summary, teacher, teacher_dir = _train_teacher(config, workdir)
+    trainable, teacher_ds = train.load_trained(teacher, teacher_dir)
+    ds = _student_data(config, teacher, teacher_ds)
+    task = task_of(teacher)
     run = _Compression(config, workdir, trainable.model(train=False), ds, task)
 
     compressed, rows = run.decompose()
@@ -237,31 +271,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         write_json(stages_path, stages)
     blocks = tnc.distillation_blocks(compressed, [r["name"] for r in rows])
 
-    # Phase 1 with a stage checkpoint after each block.
-    ckpt = Checkpointer(os.path.join(workdir, "phase1"), max_to_keep=1)
-    start = ckpt.latest_step() or 0
-    if start:
-        like = nnx.state(compressed)
-        nnx.update(compressed, ckpt.restore(like, start))
-        logging.info("phase 1: resuming after block %d of %d", start, len(blocks))
-    curve_every = int(config.get("curve_every", 0) or 0)
-
-    def on_block_done(b, model):
-        ckpt.save(b + 1, nnx.state(model))
-
-    if start < len(blocks) or "phase1" not in stages:
-        compressed, curve1 = run.phase1(
-            compressed,
-            blocks,
-            start_block=start,
-            curve_every=curve_every,
-            on_block_done=on_block_done,
-        )
+    # Phase 1, a loop per block (a finished block is restored, not retrained).
+    curve_every = config.get("curve_every", None) or 0  # None: no curves
+    compressed = run.phase1(compressed, blocks, curve_every=curve_every)
+    if "phase1" not in stages:
         stages["phase1"] = run.evaluate(compressed)
-        if start == 0 and curve1:
+        curve1 = run.phase1_curve(blocks)
+        if curve1:
             stages["phase1_curve"] = curve1
         write_json(stages_path, stages)
-    ckpt.close()
     logging.info(
         "after decomposition %.4f, after phase 1 %.4f (dense %.4f)",
         stages["decomposed"]["accuracy"],
@@ -290,7 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "config": config.get("name", "compress"),
         "dataset": ds.name,
         "format": config.format,
-        "linear_format": config.get("linear_format", "") or config.format,
+        "linear_format": config.get("linear_format", None) or config.format,
         "rate_requested": float(config.rate),
         "compressed_layers": {
             "names": [r["name"] for r in rows],
@@ -320,8 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "wall_time_sec": time.perf_counter() - t_start,
     }
     summary["test_accuracy"] = summary["accuracy"]["phase2"] or summary["accuracy"]["phase1"]
-    write_json(os.path.join(workdir, "summary.json"), summary)
     _plot(summary, os.path.join(workdir, "curves.png"))
+    # last: a summary.json marks a finished run (see workdir.finished_summary)
+    write_json(os.path.join(workdir, workdir_lib.SUMMARY_FILE), summary)
     return summary
 
 

@@ -13,6 +13,7 @@ from the TPU / SLURM / Open MPI environment, or given with --coordinator_address
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -43,12 +44,82 @@ TRAINERS = {
 }
 
 
-def run(config, workdir: str) -> dict:
-    """Runs the trainer `config.trainer` on `config`; returns its summary."""
-    if config.trainer not in TRAINERS:
-        raise ValueError(f"unknown trainer {config.trainer!r}; choose one of {sorted(TRAINERS)}")
+def run(config, workdir: str, typed_args: tuple[str, ...] = ()) -> dict:
+    """Validates `config` (nothing is read or written before), then runs the trainer
+    `config.trainer` on it; returns its summary.
+
+    Raises:
+      schema.ConfigError: a bad value, naming its key (and the config argument that set it,
+        among `typed_args`).
+    """
+    from experiments import schema
+
+    schema.validate(config, typed_args=typed_args)
     module = importlib.import_module(TRAINERS[config.trainer])
     return module.train_and_evaluate(config, workdir)
+
+
+# OS errors that are the user's or the machine's, not the code's: one line, no traceback.
+_USER_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that describe a user mistake (reported in one line)."""
+    from experiments.checkpoint import CheckpointError
+    from experiments.input_pipeline import DatasetError
+    from experiments.loop import NonFiniteLossError
+    from experiments.schema import ConfigError
+    from experiments.workdir import ConfigMismatchError, WorkdirError
+
+    return (
+        ConfigError,
+        ConfigMismatchError,
+        WorkdirError,
+        DatasetError,
+        NonFiniteLossError,
+        CheckpointError,
+    )
+
+
+def _load_config():
+    """`FLAGS.config`; a missing or broken config file or a mistyped override -> one line."""
+    try:
+        config = FLAGS.config
+        config.get("trainer")  # a config that failed to load raises here
+        return config
+    except (OSError, KeyError, AttributeError, ValueError, TypeError, SyntaxError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+        detail = next((line for line in reversed(lines) if "Errno" in line), None)
+        if detail is not None:  # a config file that cannot be read
+            raise SystemExit(f"error: --config: {detail}") from None
+        raise SystemExit(f"error: --config: {' '.join(lines)}") from None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad `--config` (a missing file, an unknown config
+    argument, a mistyped `--config.` override) reported in one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+        chain = [e]
+        while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+            chain.append(chain[-1].__cause__ or chain[-1].__context__)
+        messages = [_message(c) for c in chain]
+        # the outermost names the flag; one that embeds a traceback gives way to the root cause
+        text = next((m for m in messages if "Did you mean" in m), None)
+        if text is None:
+            text = messages[0] if "Traceback" not in messages[0] else messages[-1]
+        raise SystemExit(f"error: {text}\nPass --helpshort for the flags.") from None
+
+
+def _message(e: BaseException) -> str:
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split("\n")[:2]) if str(e) else type(e).__name__
 
 
 def initialize_multihost(
@@ -83,10 +154,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().python_handler.addFilter(_quiet_libraries)
-    from experiments.checkpoint import CheckpointMismatchError
-    from experiments.input_pipeline import DatasetError
-    from experiments.train import NonFiniteLossError
+    config = _load_config()
+    from experiments.schema import typed_config_args
 
+    typed_args = typed_config_args(FLAGS["config"].config_filename)
     if FLAGS.multihost:
         initialize_multihost(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif any(
@@ -95,12 +166,20 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(
             "--coordinator_address / --num_processes / --process_id need --multihost"
         )
-    logging.info("config:\n%s", FLAGS.config)
+    logging.info("config: %s", config.to_json_best_effort(sort_keys=True))
     try:
-        summary = run(FLAGS.config, FLAGS.workdir)
-    except (DatasetError, NonFiniteLossError, CheckpointMismatchError, ValueError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
-        print(f"error: {e}", file=sys.stderr)
+        summary = run(config, FLAGS.workdir, typed_args)
+    except _user_errors() as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise  # an internal error keeps its traceback
+        print(f"error: {e.strerror}: {e.filename or FLAGS.workdir}", file=sys.stderr)
+        sys.exit(1)
+    except ValueError as e:  # bad layer specs and the like, found while building the model
+        logging.debug("traceback", exc_info=True)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(1)
     print(
         f"test accuracy {summary['test_accuracy']:.4f} | params {summary['params']:,} "
@@ -110,4 +189,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

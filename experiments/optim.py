@@ -3,7 +3,7 @@
 `config.optimizer` fields: name ("sgd", "momentum", "nesterov", "adam", "adamw"),
 learning_rate, schedule ("constant", "cosine", "step"), warmup_steps, momentum (sgd),
 b1/b2 (adam), weight_decay (decoupled, applied to arrays of rank >= 2 only: kernels and
-cores, not biases or batch-norm scales), grad_clip (global norm, 0 = off), and for "step"
+cores, not biases or batch-norm scales), grad_clip (global norm, None = off), and for "step"
 decay_boundaries (fractions of the run) and decay_factor.
 """
 
@@ -65,9 +65,11 @@ def make_optimizer(opt: Any, num_steps: int) -> optax.GradientTransformation:
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
     chain = []
-    clip = float(opt.get("grad_clip", 0.0))
-    if clip > 0:
-        chain.append(optax.clip_by_global_norm(clip))
+    clip = opt.get("grad_clip", None)  # None: no clipping
+    if clip is not None:
+        if not clip > 0:
+            raise ValueError(f"--config.optimizer.grad_clip={clip!r}: must be > 0 (or None)")
+        chain.append(optax.clip_by_global_norm(float(clip)))
     wd = float(opt.get("weight_decay", 0.0))
     if wd > 0 and name in ("sgd", "momentum", "nesterov"):
         chain.append(optax.add_decayed_weights(wd, mask=_decay_mask))  # coupled L2, as in ResNet

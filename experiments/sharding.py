@@ -4,7 +4,7 @@ A run's mesh has two axes, `data` and `model` (`config.mesh`):
 
     mesh.data = -1            # devices along `data` (-1: all that `model` leaves)
     mesh.model = 1            # devices along `model`
-    mesh.shard_params = ""    # regex on a state leaf's path: which arrays go on `model`
+    mesh.shard_params = None  # regex on a state leaf's path: which arrays go on `model`
     mesh.shard_min_size = 0   # ... and only those with at least this many elements
 
 Batches are split along `data`. Every state array (parameters, batch-norm statistics,
@@ -17,7 +17,8 @@ the gathers of sharded cores) from these shardings.
 
 With several processes (`--multihost`, `jax.distributed.initialize()`) the mesh spans every
 process's devices, each process feeds its own rows of the global batch
-(`input_pipeline.process_rows`) and `jax.make_array_from_process_local_data` assembles them.
+(`input_pipeline.process_rows`) and `shard_batch` assembles them with
+`jax.make_array_from_process_local_data`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -42,10 +44,12 @@ __all__ = [
     "state_shardings",
     "describe_shardings",
     "is_primary_process",
+    "check_batch_size",
+    "shard_batch",
 ]
 
 MESH_AXES = ("data", "model")
-_DEFAULTS = {"data": -1, "model": 1, "shard_params": "", "shard_min_size": 0}
+_DEFAULTS = {"data": -1, "model": 1, "shard_params": None, "shard_min_size": 0}
 
 
 def mesh_config(config: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
@@ -62,7 +66,7 @@ def mesh_config(config: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
         )
     out = ml_collections.ConfigDict({**_DEFAULTS, **given})
     try:
-        re.compile(out.shard_params)
+        re.compile(out.shard_params or "")
     except re.error as e:
         raise ValueError(
             f"config.mesh.shard_params={out.shard_params!r}: not a regex ({e})"
@@ -178,3 +182,79 @@ def is_primary_process() -> bool:
     Checkpoints are the exception: every process writes its own shards through orbax.
     """
     return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------------- batch placement
+
+
+def check_batch_size(batch_size: int, num_devices: int) -> None:
+    """Raises ValueError unless batch_size splits evenly over num_devices."""
+    if num_devices < 1 or batch_size < 1:
+        raise ValueError(
+            f"batch_size and num_devices must be >= 1, got {batch_size} and {num_devices}"
+        )
+    if batch_size % num_devices:
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by the {num_devices} devices it is split "
+            f"over; use a multiple of {num_devices}, e.g. "
+            f"{max(num_devices, batch_size // num_devices * num_devices)}"
+        )
+
+
+def _leading_shards(sharding: jax.sharding.Sharding, ndim: int) -> int:
+    """How many pieces `sharding` cuts the leading axis of an ndim-array into."""
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = sharding.spec
+        axes = spec[0] if len(spec) else None
+        if axes is None:
+            return 1
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        return math.prod(sharding.mesh.shape[a] for a in axes)
+    if sharding.is_fully_replicated:
+        return 1
+    # Other shardings: the shard count of an axis divides the device count, so a probe of
+    # that size along every axis is divisible.
+    n = len(sharding.device_set)
+    return n // sharding.shard_shape((n,) * ndim)[0]
+
+
+def shard_batch(
+    batch: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding | None
+) -> dict[str, jax.Array]:
+    """Puts a host batch on devices, split along the leading (batch) axis.
+
+    Args:
+      batch: columns with a common leading size B (this process's examples).
+      sharding: a data-parallel sharding such as
+        `NamedSharding(mesh, PartitionSpec("data"))`, or None for the default device.
+
+    Returns:
+      The same columns as jax.Arrays. With several processes the result is the global
+      array assembled from each process's batch.
+
+    Raises:
+      ValueError: B (times the process count) is not divisible by the number of shards of
+        the leading axis.
+    """
+    if sharding is None:
+        return {key: jax.device_put(value) for key, value in batch.items()}
+    nproc = jax.process_count()
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.ndim == 0:
+            raise ValueError(f"batch[{key!r}] is a scalar; batch columns need a leading axis")
+        shards = _leading_shards(sharding, value.ndim)
+        global_b = value.shape[0] * nproc
+        if global_b % shards:
+            raise ValueError(
+                f"batch[{key!r}] has leading size {global_b} (shape {value.shape}"
+                f"{f' x {nproc} processes' if nproc > 1 else ''}), not divisible by the "
+                f"{shards} devices along the sharded axis; make the batch size a multiple of "
+                f"{shards} (see check_batch_size)"
+            )
+        if nproc > 1:
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
+        else:
+            out[key] = jax.device_put(value, sharding)
+    return out

@@ -221,7 +221,7 @@ def train_step_cases(reps: int) -> list[dict]:
     """One training step (the trainer's own jitted step) of dense vs 10% models."""
     import optax
 
-    from experiments import train
+    from experiments import loop, tasks
     from tnjax import models
 
     out = []
@@ -240,8 +240,8 @@ def train_step_cases(reps: int) -> list[dict]:
             model = models.create_model(name, num_classes=classes, layers=layers, rngs=nnx.Rngs(0))
             report = models.model_report(model, jnp.zeros((1, *shape)))
             tx = optax.adam(1e-3)
-            trainable = train.Trainable.create(model, tx)
-            step = train.make_train_step(trainable, tx, train.TASKS["classification"])
+            trainable = loop.Trainable.create(model, tx)
+            step = loop.make_train_step(trainable, tx, tasks.TASKS["classification"])
             state = {"s": trainable.state}
 
             def run(batch, step=step, state=state):

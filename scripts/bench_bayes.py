@@ -1,7 +1,7 @@
 """Times a training step with the rank priors (MAP/EM and NumPyro SVI) against fixed rank.
 
 For each case the same model (a config's max-rank tensorized layers) is trained by three
-jitted steps of the trainers' own code (`experiments.train.make_train_step`):
+jitted steps of the trainers' own code (`experiments.loop.make_train_step`):
 
   fixed   the task loss only (no prior: the fixed-rank baseline)
   map     + the closed-form lambda update and the log-prior (`experiments.bayes.map_objective`)
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import bayes as bayes_trainer  # noqa: E402
-from experiments import input_pipeline, optim, train  # noqa: E402
+from experiments import input_pipeline, loop, optim, tasks, train  # noqa: E402
 
 # (label, config module, config arg): the configs' full-size models, quick data
 CASES = (
@@ -46,7 +46,7 @@ def build_steps(module: str, arg: str):
     """(steps by kind, states by kind, batch) for one config."""
     config = importlib.import_module(f"configs.{module}").get_config(arg)
     ds = input_pipeline.load_dataset(train.data_config(config))
-    task = train.task_of(config)
+    task = tasks.task_of(config)
     prior = bayes_trainer.prior_of(config)
     steps, states = {}, {}
     for kind in KINDS:
@@ -57,8 +57,8 @@ def build_steps(module: str, arg: str):
             bayes_trainer.attach_priors(model, config, prior)
             objective = bayes_trainer.objective_of(config, task, prior, ds.num_train)
         tx = optim.make_optimizer(config.optimizer, 1000)
-        trainable = train.Trainable.create(model, tx)
-        steps[kind] = train.make_train_step(trainable, tx, task, objective=objective)
+        trainable = loop.Trainable.create(model, tx)
+        steps[kind] = loop.make_train_step(trainable, tx, task, objective=objective)
         states[kind] = trainable.state
     batch = input_pipeline.train_batch(ds, 0, int(config.batch_size), seed=0)
     batch = jax.device_put({k: np.asarray(v) for k, v in batch.items()})

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from experiments import bayes as bayes_trainer
-from experiments import input_pipeline, metrics, train
+from experiments import input_pipeline, loop, metrics, tasks, train
 from experiments import main as launcher
 from tnjax import models
 from tnjax import nn as tnn
@@ -131,5 +131,5 @@ def test_pruned_model_is_fine_tuned_saved_and_reloaded(tmp_path):
     assert ranks == summary["learned_ranks"] and sum(ranks["fc1"]) < 32  # really pruned
     assert [int(r) for r in served.layers[0].ranks] == summary["learned_ranks"]["fc1"]
     ds = input_pipeline.load_dataset(train.data_config(config))
-    reloaded = train.evaluate_model(served, train.task_of(config), ds.test, 1024)
+    reloaded = loop.evaluate_model(served, tasks.task_of(config), ds.test, 1024)
     np.testing.assert_allclose(reloaded["loss"], tuned["loss"], rtol=1e-5)

@@ -40,7 +40,7 @@ def test_every_config_is_listed():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_quick_variant_runs_end_to_end(name, tmp_path):
     config = _config(name)
-    data = config.teacher.data if config.trainer == "compress" else config.data
+    data = config.data
     if data.name == "fashion_mnist" and not os.path.exists(FASHION):
         pytest.skip("needs `apt-get install dataset-fashion-mnist` (scripts/test.sh installs it)")
     summary = launcher.run(config, str(tmp_path))
@@ -201,16 +201,16 @@ def test_a_zero_in_a_config_reaches_the_data_pipeline():
 
 def test_a_workdir_written_with_the_old_unset_markers_still_resumes(tmp_path):
     """Before None meant "unset", config.json stored data_dir "" and num_train 0."""
-    from experiments import train
+    from experiments import workdir
 
     config = importlib.import_module("configs.lenet5").get_config()  # full data: all unset
     saved = json.loads(config.to_json_best_effort())
     saved["data"].update(data_dir="", tfds_data_dir="", num_train=0, num_test=0)
     with open(tmp_path / "config.json", "w") as f:
         json.dump(saved, f)
-    train.check_resumable(str(tmp_path), config)  # the same run: accepted
+    workdir.check_resumable(str(tmp_path), config)  # the same run: accepted
     saved["data"]["num_test"] = 7
     with open(tmp_path / "config.json", "w") as f:
         json.dump(saved, f)
     with pytest.raises(ValueError, match="data.num_test"):
-        train.check_resumable(str(tmp_path), config)
+        workdir.check_resumable(str(tmp_path), config)

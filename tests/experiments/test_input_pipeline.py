@@ -2,16 +2,15 @@
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
-import textwrap
 
-import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from experiments import input_pipeline as ip
+from experiments.input_pipeline import sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FASHION_DIR = ip.DEBIAN_FASHION_MNIST_DIR
@@ -53,7 +52,7 @@ def _write_cifar(directory, records_per_file=3, seed=0):
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = {}
-    for name in ip._CIFAR_FILES:
+    for name in sources._CIFAR_FILES:
         labels = rng.integers(0, 10, records_per_file, dtype=np.uint8)
         chw = rng.integers(0, 256, (records_per_file, 3, 32, 32), dtype=np.uint8)
         records = np.concatenate([labels[:, None], chw.reshape(records_per_file, -1)], axis=1)
@@ -87,7 +86,9 @@ def fashion():
         pytest.skip(
             f"{FASHION_DIR} is absent: `apt-get install dataset-fashion-mnist` to run this test"
         )
-    return ip.load_dataset({"name": "fashion_mnist", "source": "local", "data_dir": "/nonexistent"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TNJAX_DATA_DIR", raising=False)  # no data_dir at all: Debian's copy
+        return ip.load_dataset({"name": "fashion_mnist", "source": "local"})
 
 
 # ------------------------------------------------------------------------------ read_idx
@@ -195,7 +196,7 @@ def test_fashion_mnist_debian_package(fashion):
 
 
 def test_subsets_are_seeded_and_share_full_train_stats(fashion):
-    cfg = {"name": "fashion_mnist", "data_dir": "/nonexistent", "num_train": 500, "num_test": 64}
+    cfg = {"name": "fashion_mnist", "data_dir": FASHION_DIR, "num_train": 500, "num_test": 64}
     a = ip.load_dataset(cfg)
     b = ip.load_dataset(cfg)
     c = ip.load_dataset({**cfg, "seed": 1})
@@ -215,17 +216,17 @@ def test_subsets_are_seeded_and_share_full_train_stats(fashion):
 
 
 def test_missing_local_dataset_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.delenv("TNJAX_DATA_DIR", raising=False)
+    monkeypatch.setenv("TNJAX_DATA_DIR", str(tmp_path))  # the default data_dir
     with pytest.raises(ip.DatasetNotFoundError) as err:
-        ip.load_dataset({"name": "mnist", "source": "local", "data_dir": str(tmp_path)})
+        ip.load_dataset({"name": "mnist", "source": "local"})
     msg = str(err.value)
     assert "TNJAX_DATA_DIR" in msg and "tfds" in msg and str(tmp_path / "mnist") in msg
     assert "train-images-idx3-ubyte" in msg
     with pytest.raises(ip.DatasetNotFoundError, match="cifar-10-batches-bin"):
-        ip.load_dataset({"name": "cifar10", "source": "local", "data_dir": str(tmp_path)})
+        ip.load_dataset({"name": "cifar10", "source": "local"})
 
 
-def test_missing_tfds_dataset_does_not_download(tmp_path):
+def test_missing_tfds_dataset_does_not_download(tmp_path, monkeypatch):
     tfds_dir = tmp_path / "no_tfds_here"
     with pytest.raises(ip.DatasetNotFoundError) as err:
         ip.load_dataset({"name": "mnist", "source": "tfds", "tfds_data_dir": str(tfds_dir)})
@@ -233,10 +234,18 @@ def test_missing_tfds_dataset_does_not_download(tmp_path):
     assert "not prepared" in msg and "download_and_prepare" in msg and str(tfds_dir) in msg
     assert not tfds_dir.exists()
     # auto: no local copy either -> one error naming both places
+    monkeypatch.setenv("TNJAX_DATA_DIR", str(tmp_path))
     with pytest.raises(ip.DatasetNotFoundError, match="looked in: .*nor in TFDS"):
+        ip.load_dataset({"name": "mnist", "tfds_data_dir": str(tfds_dir)})
+    # both directories given explicitly: both are read, and nothing else
+    with pytest.raises(ip.DatasetNotFoundError) as err:
         ip.load_dataset(
             {"name": "mnist", "data_dir": str(tmp_path), "tfds_data_dir": str(tfds_dir)}
         )
+    msg = str(err.value)
+    assert f"mnist not found in data_dir {tmp_path};" in msg
+    assert f"{os.path.join(tmp_path, '')} itself; nor in TFDS (not prepared in {tfds_dir}" in msg
+    assert "data_dir and tfds_data_dir were given explicitly" in msg
     with pytest.raises(ip.DatasetNotFoundError, match="ILSVRC2012_img_train.tar"):
         ip.load_dataset({"name": "imagenet2012", "tfds_data_dir": str(tfds_dir)})
 
@@ -248,10 +257,114 @@ def test_bad_name_and_source():
         ip.load_dataset({"name": "mnist", "source": "gcs"})
 
 
+# ------------------------------------------------------------------------------ explicit data_dir
+
+
+def _no_tfds(monkeypatch):
+    def fail(name, tfds_data_dir):
+        raise AssertionError("TFDS was consulted although data_dir was given explicitly")
+
+    monkeypatch.setattr(sources, "_tfds_builder", fail)
+
+
+def _explicit_error(data_dir, monkeypatch, source="auto"):
+    _no_tfds(monkeypatch)
+    cfg = {"name": "fashion_mnist", "source": source, "data_dir": str(data_dir)}
+    with pytest.raises(ip.DatasetNotFoundError) as err:
+        ip.load_dataset(cfg)
+    msg = str(err.value)
+    assert len(msg.splitlines()) <= 2, msg
+    assert "data_dir was given explicitly, so no other copy is used" in msg
+    assert "train-images-idx3-ubyte[.gz]" in msg and "t10k-labels-idx1-ubyte[.gz]" in msg
+    assert str(data_dir) in msg
+    return msg
+
+
+@pytest.mark.parametrize("source", ["auto", "local"])
+def test_explicit_data_dir_that_does_not_exist(tmp_path, monkeypatch, source):
+    missing = tmp_path / "no_such_dir"
+    msg = _explicit_error(missing, monkeypatch, source)
+    assert f"data_dir {missing} does not exist" in msg
+    assert not missing.exists()
+
+
+def test_explicit_empty_data_dir_uses_no_other_copy(tmp_path, monkeypatch):
+    msg = _explicit_error(tmp_path, monkeypatch)
+    assert f"fashion_mnist not found in data_dir {tmp_path};" in msg
+    for where in ("fashion_mnist", "fashion-mnist"):
+        assert os.path.join(tmp_path, where, "") in msg
+    assert f"or {os.path.join(tmp_path, '')} itself" in msg
+    assert FASHION_DIR in msg  # only as the default that an unset data_dir would search
+
+
+def test_explicit_flat_data_dir_gives_the_debian_arrays(tmp_path, monkeypatch):
+    if not os.path.isdir(FASHION_DIR):
+        pytest.skip(f"{FASHION_DIR} is absent: `apt-get install dataset-fashion-mnist`")
+    for name in os.listdir(FASHION_DIR):
+        shutil.copy(os.path.join(FASHION_DIR, name), tmp_path / name)
+    _no_tfds(monkeypatch)
+    monkeypatch.delenv("TNJAX_DATA_DIR", raising=False)
+    cfg = {"name": "fashion_mnist", "num_train": 300, "num_test": 40, "seed": 2}
+    flat = ip.load_dataset({**cfg, "data_dir": str(tmp_path)})
+    debian = ip.load_dataset(cfg)
+    assert flat.source == f"local:{tmp_path}" and debian.source == f"local:{FASHION_DIR}"
+    assert flat.info == debian.info
+    for split in ("train", "test"):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(getattr(flat, split)[key], getattr(debian, split)[key])
+
+
+@pytest.mark.parametrize("subdir", ["fashion_mnist", "fashion-mnist"])
+def test_explicit_nested_data_dir(tmp_path, monkeypatch, subdir):
+    raw = _write_mnist(tmp_path / subdir, n_train=20, n_test=10)
+    _no_tfds(monkeypatch)
+    ds = ip.load_dataset({"name": "fashion_mnist", "data_dir": str(tmp_path)})
+    assert ds.source == f"local:{tmp_path / subdir}"
+    assert ds.num_train == 20 and ds.num_test == 10
+    np.testing.assert_array_equal(ds.test["label"], raw["t10k"][1])
+    mean, std = ds.info["mean"][0], ds.info["std"][0]
+    np.testing.assert_array_equal(
+        np.rint((ds.train["image"][..., 0] * std + mean) * 255).astype(np.uint8), raw["train"][0]
+    )
+
+
+@pytest.mark.parametrize("layout", ["flat", "fashion_mnist"])
+def test_explicit_data_dir_truncated_file_is_an_error(tmp_path, monkeypatch, layout):
+    directory = tmp_path if layout == "flat" else tmp_path / layout
+    _write_mnist(directory, n_train=20, n_test=10)
+    broken = directory / "train-labels-idx1-ubyte.gz"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    _no_tfds(monkeypatch)
+    # Debian's copy (if installed) is never used instead
+    with pytest.raises(ip.CorruptDatasetError, match="not a valid gzip file") as err:
+        ip.load_dataset({"name": "fashion_mnist", "data_dir": str(tmp_path)})
+    assert str(broken) in str(err.value)
+
+
+def test_explicit_tfds_data_dir_is_the_only_tfds_root(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    elsewhere = tmp_path / "elsewhere" / "mnist" / "3.0.1"
+
+    class PreparedElsewhere:
+        data_dir = str(elsewhere)
+
+        def is_prepared(self):
+            return True
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: PreparedElsewhere())
+    mine = tmp_path / "mine"
+    with pytest.raises(ip.DatasetNotFoundError) as err:
+        ip.load_dataset({"name": "mnist", "source": "tfds", "tfds_data_dir": str(mine)})
+    msg = str(err.value)
+    assert f"not prepared in {mine}" in msg and "tfds_data_dir was given explicitly" in msg
+    assert str(elsewhere) in msg
+
+
 # ------------------------------------------------------------------------------ CIFAR-10
 
 
-@pytest.mark.parametrize("layout", ["cifar-10-batches-bin", "cifar10/cifar-10-batches-bin"])
+@pytest.mark.parametrize("layout", ["cifar-10-batches-bin", "cifar10/cifar-10-batches-bin", ""])
 def test_local_cifar10_binary(tmp_path, layout):
     raw = _write_cifar(tmp_path / layout)
     ds = ip.load_dataset({"name": "cifar10", "source": "local", "data_dir": str(tmp_path)})
@@ -293,15 +406,15 @@ class _FakeSource:
         return {"image": self.images[i], "label": np.int64(self.labels[i])}
 
 
-def _fake_tfds(monkeypatch, sources):
+def _fake_tfds(monkeypatch, splits):
     class FakeTfds:
         @staticmethod
         def data_source(name, data_dir=None, download=True):
             assert download is False
-            return sources
+            return splits
 
-    monkeypatch.setattr(ip, "_tfds_builder", lambda name, d: (FakeTfds, object(), None))
-    monkeypatch.setattr(ip, "_has_tensorflow", lambda: False)
+    monkeypatch.setattr(sources, "_tfds_builder", lambda name, d: (FakeTfds, object(), None))
+    monkeypatch.setattr(sources, "_has_tensorflow", lambda: False)
 
 
 def test_tfds_data_source_path_without_tensorflow(tmp_path, monkeypatch):
@@ -480,47 +593,7 @@ def test_synthetic_clicks_have_a_planted_low_rank_signal():
     assert np.linalg.matrix_rank(other.info["planted"]["embeddings"][0], tol=1e-4) == 3
 
 
-# ------------------------------------------------------------------------------ devices
-
-
-def test_shard_batch_and_check_batch_size():
-    batch = {"image": np.ones((4, 2, 2, 1), np.float32), "label": np.arange(4, dtype=np.int32)}
-    out = ip.shard_batch(batch, None)
-    assert isinstance(out["image"], jax.Array)
-    np.testing.assert_array_equal(out["label"], batch["label"])
-    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    sharded = ip.shard_batch(batch, NamedSharding(mesh, PartitionSpec("data")))
-    assert sharded["image"].sharding == NamedSharding(mesh, PartitionSpec("data"))
-    ip.check_batch_size(8, 4)
-    with pytest.raises(ValueError, match="batch_size 10 is not divisible by the 4 devices"):
-        ip.check_batch_size(10, 4)
-
-
-def test_shard_batch_over_two_devices_checks_divisibility():
-    code = textwrap.dedent(
-        """
-        import numpy as np, jax
-        from jax.sharding import NamedSharding, PartitionSpec as P
-        from experiments import input_pipeline as ip
-        mesh = jax.make_mesh((2,), ("data",))
-        s = NamedSharding(mesh, P("data"))
-        out = ip.shard_batch({"x": np.arange(8.0).reshape(4, 2)}, s)
-        assert [sh.data.shape for sh in out["x"].addressable_shards] == [(2, 2), (2, 2)]
-        try:
-            ip.shard_batch({"x": np.zeros((3, 2))}, s)
-        except ValueError as e:
-            assert "not divisible by the 2 devices" in str(e), e
-        else:
-            raise SystemExit("no error for a batch of 3 over 2 devices")
-        print("ok")
-        """
-    )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+# ------------------------------------------------------------------------------ CLI
 
 
 def test_cli_prints_shapes_and_class_counts():

@@ -48,7 +48,7 @@ def test_mesh_config_fills_defaults_and_rejects_unknown_keys():
     assert dict(sharding.mesh_config({})) == {
         "data": -1,
         "model": 1,
-        "shard_params": "",
+        "shard_params": None,
         "shard_min_size": 0,
     }
     assert sharding.mesh_config({"mesh": {"model": 2}}).model == 2
@@ -101,6 +101,39 @@ def test_optimizer_moments_are_split_like_their_parameter():
     assert "0/mu/tables/core" in paths and "0/nu/tables/core" in paths
 
 
+def test_shard_batch_and_check_batch_size():
+    batch = {"image": np.ones((4, 2, 2, 1), np.float32), "label": np.arange(4, dtype=np.int32)}
+    out = sharding.shard_batch(batch, None)
+    assert isinstance(out["image"], jax.Array)
+    np.testing.assert_array_equal(out["label"], batch["label"])
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    sharded = sharding.shard_batch(batch, jax.sharding.NamedSharding(mesh, P("data")))
+    assert sharded["image"].sharding == jax.sharding.NamedSharding(mesh, P("data"))
+    sharding.check_batch_size(8, 4)
+    with pytest.raises(ValueError, match="batch_size 10 is not divisible by the 4 devices"):
+        sharding.check_batch_size(10, 4)
+
+
+def test_shard_batch_over_two_devices_checks_divisibility():
+    code = """
+        import numpy as np, jax
+        from jax.sharding import NamedSharding, PartitionSpec as P
+        from experiments import sharding
+        mesh = jax.make_mesh((2,), ("data",))
+        s = NamedSharding(mesh, P("data"))
+        out = sharding.shard_batch({"x": np.arange(8.0).reshape(4, 2)}, s)
+        assert [sh.data.shape for sh in out["x"].addressable_shards] == [(2, 2), (2, 2)]
+        try:
+            sharding.shard_batch({"x": np.zeros((3, 2))}, s)
+        except ValueError as e:
+            assert "not divisible by the 2 devices" in str(e), e
+        else:
+            raise SystemExit("no error for a batch of 3 over 2 devices")
+        print("ok")
+        """
+    assert "ok" in _run_python(code, devices=2, timeout=120)
+
+
 def test_process_slices_partition_the_global_batch():
     assert ip.process_slice(12, (0, 1)) == slice(0, 12)
     assert [ip.process_slice(12, (i, 3)) for i in range(3)] == [
@@ -143,27 +176,27 @@ def test_data_parallel_steps_equal_one_device_steps():
         import jax, numpy as np, optax
         from flax import nnx
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from experiments import input_pipeline as ip, sharding, train
+        from experiments import input_pipeline as ip, loop, sharding, tasks, train
         from configs import dlrm
         assert jax.device_count() == 4
         config = dlrm.get_config("quick,format=ttm,rank=4")
         ds = ip.load_dataset(train.data_config(config))
-        task = train.TASKS["ctr"]
+        task = tasks.TASKS["ctr"]
 
         def run(devices, model, pattern):
             model_ = train.build_model(config, ds)
             tx = optax.adam(1e-2)
-            t = train.Trainable.create(model_, tx)
+            t = loop.Trainable.create(model_, tx)
             mesh = sharding.make_mesh(model=model, devices=devices)
             cfg = {"mesh": {"model": model, "shard_params": pattern}}
             state_sh = sharding.state_shardings(t.state, mesh, cfg)
             batch_sh = NamedSharding(mesh, P("data"))
-            step = train.make_train_step(t, tx, task, state_sharding=state_sh,
+            step = loop.make_train_step(t, tx, task, state_sharding=state_sh,
                                          batch_sharding=batch_sh)
             state = jax.device_put(t.state, state_sh)
             for s in range(6):
                 batch = ip.train_batch(ds, s, 64, seed=0)
-                state, _ = step(state, ip.shard_batch(batch, batch_sh))
+                state, _ = step(state, sharding.shard_batch(batch, batch_sh))
             sharded = sum(
                 1 for x in jax.tree.leaves(state["params"])
                 if x.addressable_shards[0].data.shape != x.shape

@@ -4,51 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
+import jax
 import numpy as np
 import optax
 import pytest
+from run_helpers import launch_small_lenet5, synthetic_lenet5
 
-from configs import lenet5
-from experiments import checkpoint, metrics, optim, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _synthetic_lenet5():
-    c = lenet5.get_config("quick,dataset=synthetic")
-    c.data.num_train = 512
-    c.data.num_test = 256
-    c.batch_size = 32
-    c.num_steps = 40
-    c.log_every = 5
-    c.checkpoint_every = 15
-    c.eval_every = 20
-    c.tensorboard = False
-    return c
-
-
-def _launch(workdir, *overrides):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    args = [
-        sys.executable,
-        "-m",
-        "experiments.main",
-        "--config=configs/lenet5.py:quick,dataset=synthetic",
-        f"--workdir={workdir}",
-        "--config.data.num_train=512",
-        "--config.data.num_test=256",
-        "--config.batch_size=32",
-        "--config.num_steps=40",
-        "--config.log_every=5",
-        "--config.checkpoint_every=15",
-        "--config.eval_every=20",
-        "--config.tensorboard=False",
-        *overrides,
-    ]
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+from experiments import checkpoint, loop, metrics, optim, train
 
 
 def _comparable(records):
@@ -57,17 +20,17 @@ def _comparable(records):
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
-    proc = _launch(whole)
+    proc = launch_small_lenet5(whole)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    killed = _launch(cut, "--config.debug.kill_at_step=37")
+    killed = launch_small_lenet5(cut, "--config.debug.kill_at_step=37")
     assert killed.returncode == -9, killed.stderr[-3000:]  # really SIGKILLed mid-run
     assert checkpoint.Checkpointer(os.path.join(cut, "checkpoints")).latest_step() == 30
     assert max(r["step"] for r in metrics.read_metrics(cut)) == 35  # logged past the checkpoint
-    resumed = _launch(cut)
+    resumed = launch_small_lenet5(cut)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from the checkpoint at step 30" in resumed.stderr
 
-    config = _synthetic_lenet5()
+    config = synthetic_lenet5()
     like = None
     states = []
     for workdir in (whole, cut):
@@ -77,9 +40,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
             ds = train.input_pipeline.load_dataset(train.data_config(config))
             model = train.build_model(config, ds)
             tx = optim.make_optimizer(config.optimizer, 40)
-            like = {"train": train.Trainable.create(model, tx).state, "elapsed": np.float64(0)}
+            like = {"train": loop.Trainable.create(model, tx).state, "elapsed": np.float64(0)}
         states.append(ckpt.restore(like)["train"])
-    a, b = (train.jax.tree.leaves(s) for s in states)
+    a, b = (jax.tree.leaves(s) for s in states)
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -90,14 +53,14 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    c = _synthetic_lenet5()
+    c = synthetic_lenet5()
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 1e30  # the second step's forward overflows
     c.optimizer.schedule = "constant"
     c.optimizer.warmup_steps = 0
     c.log_every = 1
     c.checkpoint_every = 1
-    with pytest.raises(train.NonFiniteLossError, match="last good checkpoint"):
+    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint"):
         train.train_and_evaluate(c, str(tmp_path))
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
     last = ckpt.latest_step()
@@ -107,10 +70,10 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):
-    c = _synthetic_lenet5()
+    c = synthetic_lenet5()
     c.num_steps = 5
     train.train_and_evaluate(c, str(tmp_path))
-    c2 = _synthetic_lenet5()
+    c2 = synthetic_lenet5()
     c2.num_steps = 5
     c2.optimizer.learning_rate = 0.5
     with pytest.raises(ValueError, match="optimizer.learning_rate"):
