@@ -131,24 +131,28 @@ class Checkpointer:
         step = int(step)
         state = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state)
         try:
-            if step in self._manager.all_steps():
-                logging.warning("replacing the checkpoint %s", self.step_directory(step))
-                self._manager.delete(step)
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    **{
-                        STATE_ITEM: ocp.args.StandardSave(state),
-                        TREE_ITEM: ocp.args.JsonSave({"leaves": describe_tree(state)}),
-                    }
-                ),
-                force=True,
-            )
-            self._manager.wait_until_finished()
+            with _quiet_orbax_failures():
+                self._save(step, state)
         except Exception as e:
             raise CheckpointError(
                 f"cannot write checkpoint step {step} to {self.directory}: {_reason(e)}"
             ) from e
+
+    def _save(self, step: int, state: Any) -> None:
+        if step in self._manager.all_steps():
+            logging.warning("replacing the checkpoint %s", self.step_directory(step))
+            self._manager.delete(step)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    TREE_ITEM: ocp.args.JsonSave({"leaves": describe_tree(state)}),
+                }
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
 
     def restore(self, like: Any, step: int | None = None, *, shardings: Any = None) -> Any:
         """The checkpoint `step` (default: the latest) as a pytree shaped like `like`.
@@ -166,7 +170,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else int(step)
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        with _quiet_aborted_reads():
+        with _quiet_orbax_failures():
             return self._restore_step(like, step, _leaf_shardings(like, shardings))
 
     def restore_latest(self, like: Any, *, shardings: Any = None) -> tuple[int, Any] | None:
@@ -184,7 +188,7 @@ class Checkpointer:
         targets = _leaf_shardings(like, shardings)
         steps = sorted(self._manager.all_steps(), reverse=True)
         errors = []
-        with _quiet_aborted_reads():
+        with _quiet_orbax_failures():
             for i, step in enumerate(steps):
                 try:
                     return step, self._restore_step(like, step, targets)
@@ -237,11 +241,12 @@ class Checkpointer:
 
 
 @contextlib.contextmanager
-def _quiet_aborted_reads():
-    """Silences the echoes of an orbax read aborted by a damaged file, which the caller
-    reports once: tensorstore reads still in flight call back into orbax's closed event loop
-    (unraisable "Event loop is closed"), and asyncio logs their unretrieved exceptions when
-    they are collected. Other unraisable exceptions and log records pass."""
+def _quiet_orbax_failures():
+    """Silences the echoes of an orbax read or write aborted by a damaged file or a full
+    disk, which the caller reports once: tensorstore operations still in flight call back
+    into orbax's closed event loop (unraisable "Event loop is closed"), asyncio logs their
+    unretrieved exceptions when they are collected, and orbax's worker threads log the error
+    with its traceback. Other unraisable exceptions and log records pass."""
     previous = sys.unraisablehook
 
     def hook(unraisable):
@@ -252,13 +257,19 @@ def _quiet_aborted_reads():
     def keep(record):
         return "exception was never retrieved" not in record.getMessage()
 
+    def keep_non_orbax_errors(record):
+        return record.levelno < std_logging.ERROR or "/orbax/" not in record.pathname
+
     asyncio_log = std_logging.getLogger("asyncio")
+    absl_log = std_logging.getLogger("absl")
     sys.unraisablehook = hook
     asyncio_log.addFilter(keep)
+    absl_log.addFilter(keep_non_orbax_errors)
     try:
         yield
     finally:
         gc.collect()  # the unretrieved futures report now, while filtered
+        absl_log.removeFilter(keep_non_orbax_errors)
         asyncio_log.removeFilter(keep)
         sys.unraisablehook = previous
 

@@ -14,6 +14,8 @@ other value, 0 and False included, means what it says. A check is a small functi
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -256,9 +258,16 @@ def _check_layer_specs(config: Any, prefix: str, typed_args: Iterable[str]) -> N
         (f"model.layers.overrides.{name}", spec)
         for name, spec in (layers.get("overrides") or {}).items()
     ]
+    known = _layer_option_names()
     for where, spec in specs:
         for key, value in spec.items():
             path = f"{where}.{key}"
+            head, _, rest = key.partition("_")
+            base = rest if head in ("linear", "conv", "embed") and rest else key
+            if base not in known:
+                close = difflib.get_close_matches(base, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                _fail(prefix, path, value, f"not an option of any layer{hint}", typed_args)
             if key == "format" or key.endswith("_format"):
                 problem = one_of(sorted(formats), optional=True)(value)
             elif key == "rank" or key.endswith("_rank"):
@@ -279,6 +288,19 @@ def _check_model_name(config: Any, prefix: str, typed_args: Iterable[str]) -> No
     name = config.get("model", {}).get("name", None)
     if name not in MODELS:
         _fail(prefix, "model.name", name, one_of(sorted(MODELS))(name), typed_args)
+
+
+def _layer_option_names() -> frozenset[str]:
+    """Every key a layer spec may hold: "format" and the constructor arguments of the dense
+    (flax.nnx) and tensorized (tnjax.nn) Linear, Conv and Embed."""
+    from flax import nnx
+
+    from tnjax import nn as tnn
+
+    names = {"format"}
+    for cls in (nnx.Linear, nnx.Conv, nnx.Embed, tnn.Linear, tnn.Conv, tnn.Embed):
+        names |= set(inspect.signature(cls.__init__).parameters) - {"self", "rngs"}
+    return frozenset(n for n in names if not n.startswith("_"))
 
 
 def _check_epochs_or_steps(config: Any, prefix: str, typed_args: Iterable[str]) -> None:

@@ -3,11 +3,13 @@ workdir discipline (lock, claims, finished runs untouched), one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -63,6 +65,7 @@ def test_every_config_and_its_quick_variant_validates():
         ("model.layers.default.format", "foo", r"model.layers.default.format='foo'"),
         ("model.layers.default.rank", 0, r"model.layers.default.rank=0"),
         ("model.layers.default.compression", 1.5, r"default.compression=1.5"),
+        ("model.layers.default.rnak", 3, r"default.rnak=3: not an option .*did you mean 'rank'"),
     ],
 )
 def test_a_bad_value_is_rejected_naming_its_key(key, value, message):
@@ -293,3 +296,65 @@ def test_a_workdir_that_is_a_file_or_under_a_file_gets_one_line(tmp_path):
         proc = launch_small_lenet5(workdir)
         assert proc.returncode == 1
         assert stderr_lines(proc) == [expected], proc.stderr
+
+
+# --------------------------------------------------------------------------- checkpoints, disks
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_the_run_ends_the_same(tmp_path):
+    config = synthetic_lenet5(30)  # checkpoints at steps 15 and 30
+    whole = train.train_and_evaluate(config, str(tmp_path / "whole"))
+    run = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "whole", run)
+    os.remove(run / "summary.json")  # as if killed after writing step 30 ...
+    damaged = 0
+    for root, _, files in os.walk(run / "checkpoints" / "30"):
+        for name in files:
+            if not name.endswith(".json") and not name.startswith("_"):
+                with open(os.path.join(root, name), "r+b") as f:
+                    f.truncate(max(0, os.path.getsize(f.name) // 3))  # ... half-written
+                damaged += 1
+    assert damaged
+    resumed = train.train_and_evaluate(config, str(run))
+    assert (resumed["test_accuracy"], resumed["test_loss"]) == (
+        whole["test_accuracy"],
+        whole["test_loss"],
+    )
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size: str):
+    """A tmpfs of `size` mounted at `path` (skips the test where mounting is not allowed)."""
+    path.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_full_disk_gets_one_line_and_keeps_no_claim(tmp_path):
+    with _tmpfs(tmp_path / "disk", "256k") as disk:  # the config fits, a checkpoint does not
+        proc = launch_small_lenet5(disk / "run")
+        lines = stderr_lines(proc)
+        assert proc.returncode == 1
+        assert len(lines) == 1, proc.stderr[-3000:]
+        assert lines[0].startswith("error: cannot write checkpoint step 15 to ")
+        assert "[Errno 28] No space left on device" in lines[0]
+        assert not (disk / "run" / "config.json").exists()
+
+
+def test_a_read_only_workdir_gets_one_line(tmp_path):
+    with _tmpfs(tmp_path / "disk", "1m") as disk:
+        (disk / "run").mkdir()
+        remount = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True)
+        assert remount.returncode == 0, remount.stderr
+        proc = launch_small_lenet5(disk / "run")
+        assert proc.returncode == 1
+        assert stderr_lines(proc) == [f"error: --workdir={disk / 'run'} is not writable"]
