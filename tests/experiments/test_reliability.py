@@ -358,3 +358,18 @@ def test_a_read_only_workdir_gets_one_line(tmp_path):
         proc = launch_small_lenet5(disk / "run")
         assert proc.returncode == 1
         assert stderr_lines(proc) == [f"error: --workdir={disk / 'run'} is not writable"]
+
+
+def test_every_image_config_takes_dataset():
+    for name, arg in (
+        ("lenet5", "dataset=mnist"),
+        ("mlp", "dataset=mnist"),
+        ("bayes_mlp", "dataset=mnist"),
+        ("resnet_cifar", "dataset=synthetic"),
+        ("compress_lenet5", "dataset=mnist"),
+        ("compress_resnet_cifar", "dataset=synthetic"),
+    ):
+        c = _config(name, arg)
+        data = schema.teacher_config(c).data if c.trainer == "compress" else c.data
+        assert data.name == arg.split("=")[1], name
+        schema.validate(c)
