@@ -88,12 +88,11 @@ def _load_config():
         config.get("trainer")  # a config that failed to load raises here
         return config
     except (OSError, KeyError, AttributeError, ValueError, TypeError, SyntaxError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-        detail = next((line for line in reversed(lines) if "Errno" in line), None)
-        if detail is not None:  # a config file that cannot be read
-            raise SystemExit(f"error: --config: {detail}") from None
-        raise SystemExit(f"error: --config: {' '.join(lines)}") from None
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+        # a config file that cannot be read: its OS error; otherwise the whole message
+        detail = next((line for line in reversed(lines) if "Errno" in line), " ".join(lines))
+        raise SystemExit(f"error: --config: {detail}") from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

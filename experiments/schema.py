@@ -62,7 +62,11 @@ def int_at_least(low: int, *, optional: bool = False) -> Check:
 
 
 def real_in(
-    low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
     optional: bool = False,
 ) -> Check:
     def check(v):
@@ -374,6 +378,4 @@ def typed_config_args(config_flag_value: str | None) -> tuple[str, ...]:
     if not config_flag_value or ":" not in config_flag_value:
         return ()
     _, _, args = config_flag_value.partition(":")
-    return tuple(
-        item.partition("=")[0].strip() for item in args.split(",") if item.strip()
-    )
+    return tuple(item.partition("=")[0].strip() for item in args.split(",") if item.strip())

@@ -101,7 +101,9 @@ def _legacy_unset_as_none(config: Any) -> Any:
         return config
     return {
         k: None
-        if k in _LEGACY_UNSET and not isinstance(v, Mapping) and v == _LEGACY_UNSET[k]
+        if k in _LEGACY_UNSET
+        and not isinstance(v, Mapping)
+        and v == _LEGACY_UNSET[k]
         and type(v) is type(_LEGACY_UNSET[k])
         else _legacy_unset_as_none(v)
         for k, v in config.items()

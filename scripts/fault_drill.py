@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -94,9 +95,19 @@ def _plain_lines(stderr: str) -> list[str]:
     for line in stderr.splitlines():
         if _is_record(line):
             in_config_dump = line.rstrip().endswith("config:")
-        elif line.strip() and not in_config_dump:
+            continue
+        if in_config_dump and not _is_config_line(line):
+            in_config_dump = False  # e.g. a traceback right after the dump
+        if line.strip() and not in_config_dump:
             out.append(line)
     return out
+
+
+def _is_config_line(line: str) -> bool:
+    """A line of ml_collections' YAML-like config dump ("key: value", indented, "- item")."""
+    return bool(re.match(r"^(\s+\S.*|[A-Za-z_][\w.]*:( .*)?|- .*)$", line)) and not (
+        line.startswith("Traceback")
+    )
 
 
 def _first(lines: list[str], width: int = 110) -> str:
@@ -459,7 +470,8 @@ def table(before: dict[str, str], after: dict[str, str]) -> str:
     for name in FAULTS:
         what, test_file, test = DESCRIPTIONS[name]
         cells = [before.get(name, "not run"), after.get(name, "not run")]
-        cells = [c.replace("|", "/") for c in cells]
+        # the scratch directory differs from run to run
+        cells = [re.sub(r"/tmp/tmp\w+", "$SCRATCH", c).replace("|", "/") for c in cells]
         rows.append(f"| {what} (`{name}`) | {cells[0]} | {cells[1]} | `{test_file}::{test}` |")
     return "\n".join(rows)
 

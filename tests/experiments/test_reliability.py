@@ -264,7 +264,7 @@ def test_a_teacher_with_other_data_is_refused_naming_teacher_keys(tmp_path):
         (("--config=configs/nope.py",), "error: --config: [Errno 2] No such file or directory"),
         (
             ("--config=configs/lenet5.py:quick", "--config.optimizr.learning_rate=0.1"),
-            "Did you mean \"optimizer\"",
+            'Did you mean "optimizer"',
         ),
         (("--config=configs/lenet5.py:quick,rnak=4",), "unknown config arg 'rnak'"),
         (

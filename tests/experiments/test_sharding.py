@@ -403,3 +403,42 @@ def test_bad_mesh_and_multihost_flags_are_clear_errors(tmp_path):
     proc = _launch(tmp_path / "b", 1, "--process_id=1")
     assert proc.returncode != 0
     assert "--process_id need --multihost" in proc.stderr
+
+
+def test_every_compression_phase_runs_data_parallel_on_four_devices(tmp_path):
+    """Teacher, phase 1 (block by block), the end-to-end comparison and phase 2 all train
+    through the shared loop, so on 4 devices (batches split along `data`) the run gives what
+    one device gives, up to float summation order."""
+    args = (
+        "--config=configs/compress_lenet5.py:quick,compare=true,curve_every=4",
+        "--config.data.name=synthetic",
+        "--config.data.num_train=256",
+        "--config.data.num_test=128",
+        "--config.teacher.num_steps=8",
+        "--config.teacher.batch_size=32",
+        "--config.teacher.tensorboard=False",
+        "--config.batch_size=32",
+        "--config.phase1.steps_per_block=4",
+        "--config.phase2.steps=4",
+        "--config.tensorboard=False",
+    )
+    summaries = []
+    for devices in (1, 4):
+        workdir = tmp_path / f"d{devices}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.main", *args, f"--workdir={workdir}"],
+            cwd=ROOT,
+            env=_env(devices),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summaries.append(json.loads((workdir / "summary.json").read_text()))
+    one, four = summaries
+    for stage in ("dense", "decomposed", "phase1", "phase2"):
+        assert four["accuracy"][stage] == pytest.approx(one["accuracy"][stage], abs=0.02), stage
+    for stage in ("decomposed", "phase1", "phase2"):
+        assert four["loss"][stage] == pytest.approx(one["loss"][stage], rel=1e-3), stage
+    assert len(one["curves"]["phase1"]) == len(four["curves"]["phase1"]) == 3  # 12 steps / 4
+    assert [s for s, _ in four["curves"]["end_to_end"]] == [4, 8, 12]
