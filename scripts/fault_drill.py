@@ -429,7 +429,7 @@ DESCRIPTIONS = {
     "compress_reusing_teacher": (
         "a second compression reusing a teacher",
         "test_reliability.py",
-        "test_a_resumed_teacher_is_left_untouched_by_a_second_compression",
+        "test_a_reused_teacher_is_left_untouched_and_one_with_other_data_is_refused",
     ),
     "missing_config_file": (
         "a missing config file",
