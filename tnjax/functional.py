@@ -29,7 +29,7 @@ import numpy as np
 
 from tnjax import ops
 from tnjax.formats.layout import BATCH, Layout, init_std
-from tnjax.formats.weights import conv_layout, embed_layout, linear_layout
+from tnjax.formats.weights import SPATIAL_DIM_NAMES, conv_layout, embed_layout, linear_layout
 
 __all__ = [
     "linear_layout",
@@ -248,8 +248,8 @@ def conv(
         n = len(layout.spatial)
         if x.ndim < n + 1 or x.shape[-1] != layout.in_features:
             raise ValueError(
-                f"Conv expects inputs (..., H, W, {layout.in_features}) for a kernel "
-                f"{layout.dense_shape}, got shape {x.shape}"
+                f"Conv expects inputs (..., {SPATIAL_DIM_NAMES[n]}, {layout.in_features}) for "
+                f"a kernel {layout.dense_shape}, got shape {x.shape}"
             )
         strides = _ints(strides, n, "strides")
         dilation = _ints(dilation, n, "dilation")
@@ -441,7 +441,8 @@ def cost(
         n = len(layout.spatial)
         if len(input_shape) < n + 1 or input_shape[-1] != layout.in_features:
             raise ValueError(
-                f"cost expects an input shape (..., H, W, {layout.in_features}), got {input_shape}"
+                f"cost expects an input shape (..., {SPATIAL_DIM_NAMES[n]}, "
+                f"{layout.in_features}), got {input_shape}"
             )
         strides = _ints(strides, n, "strides")
         dilation = _ints(dilation, n, "dilation")

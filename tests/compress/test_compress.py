@@ -68,7 +68,7 @@ def test_layer_selection_and_errors(lenet):
     assert [r["name"] for r in rows] == ["fc1", "fc2", "fc3"]
     _, rows = tnc.compress_model(lenet, X28, format={"conv*": "rcp", "fc*": "ttm"}, rate=0.2)
     assert [r["format"] for r in rows] == ["rcp", "ttm", "ttm"]
-    with pytest.raises(ValueError, match="match no dense layer"):
+    with pytest.raises(ValueError, match="match no convertible dense layer"):
         tnc.compress_model(lenet, X28, format="tt", rate=0.2, layers=["fc9"])
     with pytest.raises(ValueError, match="unknown format"):
         tnc.compress_model(lenet, X28, format="xyz", rate=0.2)

@@ -5,6 +5,8 @@ from tnjax.compress.decompose import (
     FORMAT_ALIASES,
     compress_model,
     eligible_layers,
+    skipped_layers,
+    unsupported_reason,
 )
 from tnjax.compress.distill import (
     DistillBlock,
@@ -19,6 +21,8 @@ __all__ = [
     "FORMAT_ALIASES",
     "compress_model",
     "eligible_layers",
+    "skipped_layers",
+    "unsupported_reason",
     "DistillBlock",
     "block_mse",
     "block_param_filter",

@@ -2,18 +2,23 @@
 
     compressed, rows = compress_model(model, jnp.zeros((1, 28, 28, 1)), format="rcp", rate=0.1)
 
-Every eligible dense layer (`nnx.Linear`, `nnx.Conv`) is replaced by the tnjax layer of the
-requested format, initialised by decomposing its kernel (`tnjax.nn.Linear.from_linear`,
-`tnjax.nn.Conv.from_conv`: CP-ALS for CP/RCP, HOOI for Tucker/RTK, TT-SVD for TT/RTT,
-TR-SVD for TR/RTR; reshaped formats factorise channels into output/input mode pairs that
-share a core). Biases, batch norm and every other variable are carried over unchanged.
-By default every layer is eligible except the first conv and the last dense layer in call
-order (the paper's convention: they are small and sensitive).
+Every eligible dense layer (`nnx.Linear`, `nnx.Conv` with 1, 2 or 3 spatial dimensions,
+`nnx.Embed`), wherever it sits in the model (nested modules, lists, dicts), is replaced by
+the tnjax layer of the requested format, initialised by decomposing its kernel
+(`tnjax.nn.Linear.from_linear`, `tnjax.nn.Conv.from_conv`, `tnjax.nn.Embed.from_embed`:
+CP-ALS for CP/RCP, HOOI for Tucker/RTK, TT-SVD for TT/RTT, TR-SVD for TR/RTR; reshaped
+formats factorise channels into output/input mode pairs that share a core). Biases, batch
+norm and every other variable are carried over unchanged. By default every layer is
+eligible except the first conv and the last dense layer in call order (the paper's
+convention: they are small and sensitive). Layers with a kernel that cannot be converted
+(grouped or masked convolutions, `nnx.LinearGeneral`, `nnx.Einsum`, ...) are listed with
+the reason by `skipped_layers`, and `compress_model` warns about them.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,10 +26,21 @@ import jax
 from flax import nnx
 
 from tnjax import nn as tnn
+from tnjax.formats.weights import spatial_ints
+from tnjax.nn._common import TensorLayer
 from tnjax.nn.graph import NAME_ATTR, layer_name, replace_module
 from tnjax.nn.report import layer_report
 
-__all__ = ["compress_model", "eligible_layers", "FORMAT_ALIASES", "COMPRESS_FORMATS"]
+__all__ = [
+    "compress_model",
+    "eligible_layers",
+    "skipped_layers",
+    "unsupported_reason",
+    "FORMAT_ALIASES",
+    "COMPRESS_FORMATS",
+]
+
+_CONVERTED = (nnx.Linear, nnx.Conv, nnx.Embed)
 
 # Names accepted for the formats (the TNN paper's "TK" is Tucker).
 FORMAT_ALIASES = {"tk": "tucker", "rtucker": "rtk"}
@@ -53,6 +69,55 @@ def _per_layer(value: Any, name: str, what: str) -> Any:
     return found
 
 
+def unsupported_reason(module: nnx.Module) -> str | None:
+    """Why `compress_model` cannot convert this layer, or None when it can."""
+    if isinstance(module, nnx.Conv):
+        n = module.kernel.ndim - 2
+        if not 1 <= n <= 3:
+            return f"a {n}-D convolution: tnjax.nn.Conv has 1 to 3 spatial dimensions"
+        if module.feature_group_count != 1:
+            return (
+                f"a grouped convolution (feature_group_count={module.feature_group_count}): "
+                "tnjax.nn.Conv has no feature groups"
+            )
+        if module.mask is not None:
+            return "a masked convolution (mask=): tnjax.nn.Conv has no kernel mask"
+        if set(spatial_ints(module.input_dilation or 1, n, "input_dilation")) != {1}:
+            return f"input_dilation={module.input_dilation}: tnjax.nn.Conv has none"
+        return None
+    if isinstance(module, _CONVERTED):
+        return None
+    return f"{type(module).__name__} is not a layer kind tnjax converts (Linear, Conv, Embed)"
+
+
+def _has_weight(module: nnx.Module) -> bool:
+    return any(
+        isinstance(getattr(module, attr, None), nnx.Param) for attr in ("kernel", "embedding")
+    )
+
+
+def skipped_layers(model: nnx.Module) -> list[dict[str, str]]:
+    """The layers with a kernel or table that `compress_model` leaves dense, and why.
+
+    Returns:
+      [{"name": graph path or factory name, "type": class name, "reason": ...}] in graph
+      order: dense Linear/Conv/Embed layers it cannot convert (`unsupported_reason`) and
+      other modules holding a `kernel`/`embedding` parameter (e.g. `nnx.LinearGeneral`,
+      `nnx.Einsum`, the projections of `nnx.MultiHeadAttention`).
+    """
+    out = []
+    for path, module in nnx.iter_graph(model):
+        if not isinstance(module, nnx.Module) or isinstance(module, TensorLayer):
+            continue
+        if not _has_weight(module) and not isinstance(module, _CONVERTED):
+            continue
+        reason = unsupported_reason(module)
+        if reason is not None:
+            name = layer_name(module) or "/".join(str(p) for p in path)
+            out.append({"name": name, "type": type(module).__name__, "reason": reason})
+    return out
+
+
 def eligible_layers(
     model: nnx.Module,
     *example_inputs: Any,
@@ -60,7 +125,7 @@ def eligible_layers(
     keep_first_conv: bool = True,
     keep_last_dense: bool = True,
 ) -> list[dict[str, Any]]:
-    """The dense Linear/Conv layers to compress, as `layer_report` rows, in call order.
+    """The dense Linear/Conv/Embed layers to compress, as `layer_report` rows, in call order.
 
     Args:
       model: a (dense or partly tensorized) NNX model.
@@ -69,14 +134,17 @@ def eligible_layers(
         conv and the last dense layer (see `keep_first_conv` / `keep_last_dense`, which
         only apply when `layers` is None).
     """
-    rows = [r for r in layer_report(model, *example_inputs) if r["kind"] in ("linear", "conv")]
-    rows = [r for r in rows if r["format"] == "dense"]
+    skipped = {s["name"] for s in skipped_layers(model)}
+    rows = [r for r in layer_report(model, *example_inputs) if r["format"] == "dense"]
+    rows = [r for r in rows if r["name"] not in skipped]
     if layers is not None:
         chosen = [r for r in rows if any(fnmatch.fnmatchcase(r["name"], p) for p in layers)]
         unused = [p for p in layers if not any(fnmatch.fnmatchcase(r["name"], p) for r in rows)]
         if unused:
+            left = f"; left dense: {sorted(skipped)}" if skipped else ""
             raise ValueError(
-                f"layer patterns {unused} match no dense layer; layers: {[r['name'] for r in rows]}"
+                f"layer patterns {unused} match no convertible dense layer; layers: "
+                f"{[r['name'] for r in rows]}{left}"
             )
         return chosen
     convs = [r for r in rows if r["kind"] == "conv"]
@@ -92,7 +160,7 @@ def eligible_layers(
 def _modules_by_name(model: nnx.Module) -> dict[str, tuple[tuple, nnx.Module]]:
     out = {}
     for path, module in nnx.iter_graph(model):
-        if isinstance(module, nnx.Linear | nnx.Conv):
+        if isinstance(module, _CONVERTED):
             name = layer_name(module) or "/".join(str(p) for p in path)
             out[name] = (tuple(path), module)
     return out
@@ -107,6 +175,7 @@ def compress_model(
     layers: Sequence[str] | None = None,
     num_modes: int | None = None,
     key: jax.Array | None = None,
+    on_skipped: str = "warn",
 ) -> tuple[nnx.Module, list[dict[str, Any]]]:
     """A copy of `model` whose eligible layers are decomposed into tensor formats.
 
@@ -121,6 +190,9 @@ def compress_model(
         layers but the first conv and the last dense layer).
       num_modes: channel/feature modes per side (default: the layers' default, 3).
       key: PRNG key for the CP-ALS initialisations (default `jax.random.key(0)`).
+      on_skipped: what to do about layers with a kernel that stay dense because they
+        cannot be converted (`skipped_layers`): "warn" (one warning listing them and why),
+        "raise" (ValueError) or "ignore".
 
     Returns:
       (compressed model, one dict per compressed layer: name, kind, format, ranks, params,
@@ -128,10 +200,13 @@ def compress_model(
     """
     if (rate is None) == (rank is None):
         raise ValueError("give exactly one of rate= or rank=")
+    if on_skipped not in ("warn", "raise", "ignore"):
+        raise ValueError(f"on_skipped={on_skipped!r}: use 'warn', 'raise' or 'ignore'")
     key = jax.random.key(0) if key is None else key
+    _report_skipped(skipped_layers(model), on_skipped)
     targets = eligible_layers(model, *example_inputs, layers=layers)
     if not targets:
-        raise ValueError("no dense Linear/Conv layer to compress in this model")
+        raise ValueError("no dense Linear/Conv/Embed layer to compress in this model")
     new_model = nnx.clone(model)
     modules = _modules_by_name(new_model)
     rows = []
@@ -151,6 +226,8 @@ def compress_model(
             if fmt == "ttm":
                 raise ValueError(f"layer {name!r} is a conv: 'ttm' is for Linear layers; use rtt")
             new = tnn.Conv.from_conv(module, format=fmt, rngs=rngs, **budget)
+        elif isinstance(module, nnx.Embed):
+            new = tnn.Embed.from_embed(module, format=fmt, rngs=rngs, **budget)
         else:
             new = tnn.Linear.from_linear(module, format=fmt, rngs=rngs, **budget)
         setattr(new, NAME_ATTR, name)
@@ -167,3 +244,13 @@ def compress_model(
             }
         )
     return new_model, rows
+
+
+def _report_skipped(skipped: list[dict[str, str]], on_skipped: str) -> None:
+    if not skipped or on_skipped == "ignore":
+        return
+    lines = "; ".join(f"{s['name']} ({s['reason']})" for s in skipped)
+    message = f"{len(skipped)} layer(s) with a kernel stay dense: {lines}"
+    if on_skipped == "raise":
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)

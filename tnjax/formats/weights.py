@@ -12,13 +12,15 @@ Linear: the (in, out) kernel is the tensor (I_1..I_d, J_1..J_d), in = prod I, ou
   ttm                  TT over the pairs (I_k J_k): cores (r_{k-1}, I_k, J_k, r_k)
   rcp, rtk, rtt, rtr   CP, Tucker, TT (= ttm), TR over the pairs (I_k J_k) (Su et al.)
 
-Conv: the (kh, kw, S, T) kernel (Flax layout); reshaped formats split S and T into M modes.
+Conv: the (kh, kw, S, T) kernel (Flax layout; 1-D (k, S, T) and 3-D (kd, kh, kw, S, T)
+alike, with one spatial mode per dimension); reshaped formats split S and T into M modes.
 
   cp, tucker           over (kh, kw, S, T); tucker is Tucker-2: kh, kw stay in the core
                        (kh, kw, R2, R1); ranks (R1, R2) = (output, input) as in the paper
   tt, tr               over (T, kh, kw, S): (1, T, R1), (R1, kh, R2), (R2, kw, R3), (R3, S, 1)
-  rcp, rtk, rtt, rtr   over (T_1 S_1, ..., T_M S_M, kh kw), merged modes stored as one axis;
-                       rtk ranks (R_0, R_1..R_M) with R_0 the spatial rank
+  rcp, rtk, rtt, rtr   over (T_1 S_1, ..., T_M S_M, kh kw), merged modes stored as one axis
+                       (the spatial modes merged into one); rtk ranks (R_0, R_1..R_M) with
+                       R_0 the spatial rank
 
 Embed: the (V, E) table as (v_1..v_d, e_1..e_m), V <= prod v (padded), E = prod e.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,12 +91,14 @@ _LINEAR_RANKS = {
 }
 
 
-def _conv_rank_names(fmt: str, m: int) -> str:
+def _conv_rank_names(fmt: str, m: int, n: int = 2) -> str:
+    """The rank order of a conv format with m channel modes and n spatial dimensions."""
+    tt = ", ".join(f"R{i}" for i in range(1, n + 2))
     return {
         "cp": "(R,)",
         "tucker": "(R1, R2) = (output rank, input rank)",
-        "tt": "(R1, R2, R3)",
-        "tr": "(R0, R1, R2, R3)",
+        "tt": f"({tt})",
+        "tr": f"(R0, {tt})",
         "rcp": "(R,)",
         "rtk": f"(R0, R1, ..., R{m}) with R0 the spatial rank",
         "rtt": f"(R1, ..., R{m})",
@@ -235,13 +240,52 @@ def linear_layout(
     )
 
 
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair for a 2-D convolution, got {value}")
-    return value
+# The spatial axes of a 1-, 2- or 3-D conv kernel (channels last, as in `nnx.Conv`), and
+# how messages name the input's spatial dimensions.
+SPATIAL_AXES = {1: ("w",), 2: ("h", "w"), 3: ("d", "h", "w")}
+SPATIAL_DIM_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def kernel_dims(kernel_size: int | Sequence[int]) -> tuple[int, ...]:
+    """A conv's kernel size as a tuple: an int is a square 2-D kernel (k, k); a sequence
+    of 1, 2 or 3 ints is a 1-, 2- or 3-D kernel.
+
+    Raises:
+      ValueError: not an int or a sequence of 1-3 ints.
+    """
+    if _is_int(kernel_size):
+        return (int(kernel_size),) * 2
+    try:
+        dims = tuple(kernel_size)
+    except TypeError:
+        dims = ()
+    if not 1 <= len(dims) <= 3 or not all(_is_int(k) for k in dims):
+        raise ValueError(
+            f"kernel_size={kernel_size!r}: use an int (a square 2-D kernel) or 1, 2 or 3 ints "
+            "(a 1-, 2- or 3-D convolution)"
+        )
+    return tuple(int(k) for k in dims)
+
+
+def spatial_ints(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    """`value` (an int, or one int per spatial dimension) as n ints.
+
+    Raises:
+      ValueError: not an int or a sequence of n ints.
+    """
+    if _is_int(value):
+        return (int(value),) * n
+    try:
+        values = tuple(value)
+    except TypeError:
+        values = ()
+    if len(values) != n or not all(_is_int(v) for v in values):
+        raise ValueError(f"{name}={value!r}: use an int or {n} ints for a {n}-D convolution")
+    return tuple(int(v) for v in values)
 
 
 def conv_layout(
@@ -257,7 +301,8 @@ def conv_layout(
     out_modes: Sequence[int] | None = None,
     padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
 ) -> Layout:
-    """The layout of a tensorized (kh, kw, in_features, out_features) Conv kernel.
+    """The layout of a tensorized (k_1..k_n, in_features, out_features) Conv kernel, n = 1,
+    2 or 3 spatial dimensions (an int `kernel_size` is a square 2-D kernel).
 
     Args are those of `tnjax.nn.Conv`; `padded_modes` re-uses channel modes resolved before.
 
@@ -270,7 +315,7 @@ def conv_layout(
             f"format={format!r} is not a Conv format; use one of {CONV_FORMATS} "
             f"(the reshaped ones, {RESHAPED_CONV_FORMATS}, split the channels into modes)"
         )
-    kernel_size = _pair(kernel_size, "kernel_size")
+    kernel_size = kernel_dims(kernel_size)
     if min(kernel_size) < 1 or in_features < 1 or out_features < 1:
         raise ValueError(
             f"kernel_size {kernel_size} and features ({in_features}, {out_features}) must be >= 1"
@@ -290,18 +335,19 @@ def conv_layout(
     m = len(ins_sizes)
     if m > _MAX_CONV_MODES:
         raise ValueError(f"at most {_MAX_CONV_MODES} channel modes are supported, got {m}")
-    spatial = [("h", kernel_size[0]), ("w", kernel_size[1])]
+    names = SPATIAL_AXES[len(kernel_size)]
+    spatial = list(zip(names, kernel_size, strict=True))
     ins, outs = _named("in", ins_sizes), _named("out", outs_sizes)
     absorbed: tuple[int, ...] = ()
     rank_order = None
     if format in ("cp", "tucker"):
-        modes = [("h",), ("w",), ("in0",), ("out0",)]
+        modes = [(a,) for a in names] + [("in0",), ("out0",)]
         if format == "tucker":  # Tucker-2; the user lists (output, input) ranks
-            absorbed, rank_order = (0, 1), (1, 0)
+            absorbed, rank_order = tuple(range(len(names))), (1, 0)
     elif format in ("tt", "tr"):
-        modes = [("out0",), ("h",), ("w",), ("in0",)]
+        modes = [("out0",)] + [(a,) for a in names] + [("in0",)]
     else:
-        modes = [(o, i) for (i, _), (o, _) in zip(ins, outs, strict=True)] + [("h", "w")]
+        modes = [(o, i) for (i, _), (o, _) in zip(ins, outs, strict=True)] + [names]
         if format == "rtk":  # the spatial rank R_0 first
             rank_order = (m,) + tuple(range(m))
     layout = build(
@@ -322,9 +368,8 @@ def conv_layout(
     what = f"Conv({in_features}, {out_features}, kernel_size={kernel_size}, format={format!r}" + (
         f", modes {ins_sizes} x {outs_sizes})" if format in RESHAPED_CONV_FORMATS else ")"
     )
-    return resolve_ranks(
-        layout, rank, compression, what=what, rank_names=_conv_rank_names(format, m)
-    )
+    rank_names = _conv_rank_names(format, m, len(kernel_size))
+    return resolve_ranks(layout, rank, compression, what=what, rank_names=rank_names)
 
 
 def _resolve_vocab(num_embeddings: int, vocab_modes, num_modes: int) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ from typing import Any
 from flax import nnx
 
 from tnjax import nn as tnn
+from tnjax.formats.weights import kernel_dims, spatial_ints
 from tnjax.nn.graph import NAME_ATTR, layer_name
 
 __all__ = ["LayerFactory", "KINDS", "FORMATS", "NAME_ATTR", "layer_name"]
@@ -243,22 +244,23 @@ class LayerFactory:
         name: str,
         in_features: int,
         out_features: int,
-        kernel_size: int | tuple[int, int],
+        kernel_size: int | tuple[int, ...],
         *,
         rngs: nnx.Rngs,
-        strides: int | tuple[int, int] = 1,
+        strides: int | tuple[int, ...] = 1,
         padding: Any = "SAME",
         use_bias: bool = True,
         dense_by_default: bool = False,
     ) -> nnx.Module:
-        """A 2-D conv (B, H, W, in_features) -> (B, H', W', out_features).
+        """A conv (B, H, W, in_features) -> (B, H', W', out_features), or 1-D / 3-D when
+        `kernel_size` has 1 or 3 entries.
 
-        `kernel_size` and `strides` may be ints (square); unlike `nnx.Conv`, an int kernel
-        size means (k, k) here.
+        An int `kernel_size` means (k, k) here (a square 2-D kernel, unlike `nnx.Conv`);
+        `strides` may be an int (the same along every spatial dimension).
         """
         spec = self.resolve(name, "conv", dense_by_default=dense_by_default)
-        ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        st = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        ks = kernel_dims(kernel_size)
+        st = spatial_ints(strides, len(ks), "strides")
 
         def make(fmt, kw):
             if fmt == "dense":

@@ -1,4 +1,4 @@
-"""Tensorized drop-in replacement for `flax.nnx.Conv` (2-D, NHWC).
+"""Tensorized drop-in replacement for `flax.nnx.Conv` (1-, 2- or 3-D, channels last).
 
 The dense kernel W (kh, kw, S, T) (Flax layout: S input, T output channels) is stored in a
 tensor format. Plain formats (Lebedev et al., Kim et al., the TNN paper's section 3.2):
@@ -49,8 +49,9 @@ from tnjax.formats.weights import (
     CONV_FORMATS,
     PLAIN_CONV_FORMATS,
     RESHAPED_CONV_FORMATS,
-    _pair,
+    SPATIAL_DIM_NAMES,
     conv_layout,
+    spatial_ints,
 )
 from tnjax.nn._common import ZEROS, TensorLayer
 
@@ -67,7 +68,12 @@ ConvLayout = Layout  # the layout of a Conv is a `tnjax.formats.layout.Layout`
 
 
 class Conv(TensorLayer):
-    """Tensorized `nnx.Conv` (2-D, NHWC): the (kh, kw, in, out) kernel in a tensor format.
+    """Tensorized `nnx.Conv` (1-, 2- or 3-D, channels last): the (k_1..k_n, in, out) kernel
+    in a tensor format.
+
+    The module docstring shows the 2-D case; a 1-D (k, S, T) or 3-D (kd, kh, kw, S, T)
+    kernel has one spatial mode per dimension (cp/tucker/tt/tr) or merges them into one
+    (the reshaped formats).
 
     `y = conv(x, W) + b` as `jax.lax.conv_general_dilated` computes it (cross-correlation),
     with W stored in one of `CONV_FORMATS` (see the module docstring for the core shapes,
@@ -75,12 +81,12 @@ class Conv(TensorLayer):
 
     Args:
       in_features, out_features: channels S and T of the dense kernel (kh, kw, S, T).
-      kernel_size: (kh, kw), or an int for a square kernel (2-D only; unlike `nnx.Conv`,
-        where an int means a 1-D kernel).
-      strides: int or (sh, sw).
-      padding: "SAME", "VALID", "CIRCULAR", "REFLECT", an int, or two ints or (low, high)
-        pairs, as in `nnx.Conv`.
-      kernel_dilation: int or (dh, dw).
+      kernel_size: 1, 2 or 3 ints (a 1-, 2- or 3-D convolution), or an int for a square
+        2-D kernel (unlike `nnx.Conv`, where an int means a 1-D kernel).
+      strides: int or one per spatial dimension.
+      padding: "SAME", "VALID", "CIRCULAR", "REFLECT", an int, or one int or (low, high)
+        pair per spatial dimension, as in `nnx.Conv`.
+      kernel_dilation: int or one per spatial dimension.
       format: one of "cp", "tucker", "tt", "tr", "rcp", "rtk", "rtt", "rtr".
       rank: int (the same for every bond, clipped to what each bond allows) or a tuple in
         the format's order: cp/rcp (R,); tucker (R1, R2) = (output, input) ranks; tt
@@ -140,8 +146,9 @@ class Conv(TensorLayer):
         _layout: Layout | None = None,
     ):
         layout = self._resolve_layout(locals(), in_features, out_features, kernel_size)
-        strides = _pair(strides, "strides")
-        kernel_dilation = _pair(kernel_dilation, "kernel_dilation")
+        n = len(layout.kernel_size)
+        strides = spatial_ints(strides, n, "strides")
+        kernel_dilation = spatial_ints(kernel_dilation, n, "kernel_dilation")
         functional.conv_padding(padding, layout.kernel_size, kernel_dilation)  # validates
         self._setup(layout, locals())
 
@@ -155,18 +162,20 @@ class Conv(TensorLayer):
         return dict(strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
 
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Applies the convolution: (..., H, W, in_features) -> (..., H', W', out_features).
+        """Applies the convolution: (..., H, W, in_features) -> (..., H', W', out_features)
+        in 2-D ((..., L, in) in 1-D, (..., D, H, W, in) in 3-D).
 
         Leading batch dimensions are flattened into one and restored; an unbatched
         (H, W, in_features) input gives (H', W', out_features), as in `nnx.Conv`.
         """
         with jax.named_scope("tnjax.nn.Conv"):
             inputs = jnp.asarray(inputs)
-            if inputs.ndim < 3 or inputs.shape[-1] != self.in_features:
+            n = len(self.kernel_size)
+            if inputs.ndim < n + 1 or inputs.shape[-1] != self.in_features:
                 raise ValueError(
-                    f"Conv expects inputs (..., H, W, {self.in_features}) for a kernel "
-                    f"{(*self.kernel_size, self.in_features, self.out_features)}, got shape "
-                    f"{inputs.shape}"
+                    f"Conv expects inputs (..., {SPATIAL_DIM_NAMES[n]}, {self.in_features}) for "
+                    f"a kernel {(*self.kernel_size, self.in_features, self.out_features)}, got "
+                    f"shape {inputs.shape}"
                 )
             (x,), cores = self._promoted(inputs)
             return functional.conv(
@@ -221,9 +230,9 @@ class Conv(TensorLayer):
         layer reproduces the original.
 
         Args:
-          conv_or_kernel: an `nnx.Conv` (2-D, no groups, no input dilation, no mask; its
-            kernel, bias, strides, padding, kernel dilation, dtype, param_dtype and
-            precision are used) or a kernel array (kh, kw, in, out).
+          conv_or_kernel: an `nnx.Conv` (1-, 2- or 3-D, no groups, no input dilation, no
+            mask; its kernel, bias, strides, padding, kernel dilation, dtype, param_dtype
+            and precision are used) or a kernel array (k_1..k_n, in, out), n = 1, 2 or 3.
           format, rank, compression, num_modes, in_modes, out_modes: as in `Conv`.
           bias: bias (out,) (overrides the conv's).
           strides, padding, kernel_dilation: override the conv's; for a kernel array they
@@ -240,9 +249,10 @@ class Conv(TensorLayer):
                     f"feature_group_count={src.feature_group_count}, mask="
                     f"{None if src.mask is None else src.mask.shape}"
                 )
-            if _pair(src.input_dilation or 1, "input_dilation") != (1, 1):
-                raise ValueError(f"from_conv does not support input_dilation={src.input_dilation}")
             kernel = src.kernel[...]
+            dilation = spatial_ints(src.input_dilation or 1, kernel.ndim - 2, "input_dilation")
+            if set(dilation) != {1}:
+                raise ValueError(f"from_conv does not support input_dilation={src.input_dilation}")
             if bias is None and src.bias is not None:
                 bias = src.bias[...]
             conv_kwargs = {
@@ -255,9 +265,10 @@ class Conv(TensorLayer):
             }
         else:
             kernel = jnp.asarray(conv_or_kernel)
-        if kernel.ndim != 4:
+        if not 3 <= kernel.ndim <= 5:
             raise ValueError(
-                f"expected a 2-D conv kernel (kh, kw, in, out), got shape {kernel.shape}"
+                "expected a conv kernel (k_1..k_n, in, out) with n = 1, 2 or 3 spatial "
+                f"dimensions, got shape {kernel.shape}"
             )
         for name, value in (
             ("strides", strides),
@@ -268,8 +279,8 @@ class Conv(TensorLayer):
                 conv_kwargs[name] = value
         conv_kwargs.update(kwargs)
         rngs = rngs or nnx.Rngs(0)
-        kh, kw, n_in, n_out = (int(n) for n in kernel.shape)
-        layout = cls._resolve_layout(locals(), n_in, n_out, (kh, kw))
+        *spatial, n_in, n_out = (int(n) for n in kernel.shape)
+        layout = cls._resolve_layout(locals(), n_in, n_out, tuple(spatial))
         with jax.named_scope("tnjax.nn.Conv.from_conv"):
             cores = layout.from_dense(
                 jnp.asarray(kernel, jnp.float32), rngs.params(), rngs.params()

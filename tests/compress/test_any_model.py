@@ -1,0 +1,177 @@
+"""compress_model on models written with plain flax.nnx layers, as a user would write them
+from the Flax documentation: 1-D and 3-D convolutions, nnx.List / nnx.Dict containers,
+nested modules, embedding tables; and what it leaves dense (and why)."""
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tnjax import nn as tnn
+from tnjax.compress import compress_model, skipped_layers
+from tnjax.formats.weights import conv_layout, embed_layout, linear_layout
+
+
+class AudioCNN(nnx.Module):
+    """1-D convolutions over a waveform, a dict of heads."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.convs = nnx.List(
+            [
+                nnx.Conv(1, 16, kernel_size=(5,), rngs=rngs),
+                nnx.Conv(16, 32, kernel_size=(5,), strides=(2,), rngs=rngs),
+                nnx.Conv(32, 32, kernel_size=(3,), padding="VALID", rngs=rngs),
+            ]
+        )
+        self.heads = nnx.Dict(
+            {"hidden": nnx.Linear(32, 64, rngs=rngs), "out": nnx.Linear(64, 10, rngs=rngs)}
+        )
+
+    def __call__(self, x):
+        for conv in self.convs:
+            x = nnx.relu(conv(x))
+        x = jnp.mean(x, axis=1)
+        return self.heads["out"](nnx.relu(self.heads["hidden"](x)))
+
+
+class VideoBlock(nnx.Module):
+    """3-D convolutions (time, height, width) inside a nested module."""
+
+    class Stem(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 8, kernel_size=(3, 3, 3), rngs=rngs)
+
+        def __call__(self, x):
+            return nnx.relu(self.conv(x))
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.stem = self.Stem(rngs)
+        self.conv = nnx.Conv(8, 16, kernel_size=(3, 3, 3), strides=(1, 2, 2), rngs=rngs)
+        self.proj = nnx.Conv(16, 16, kernel_size=(1, 3, 3), rngs=rngs)
+        self.fc = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.proj(nnx.relu(self.conv(self.stem(x)))))
+        return self.fc(jnp.mean(x, axis=(1, 2, 3)))
+
+
+class Recommender(nnx.Module):
+    """An embedding table and an MLP."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.items = nnx.Embed(1000, 32, rngs=rngs)
+        self.mlp = nnx.Sequential(
+            nnx.Linear(32, 64, rngs=rngs), nnx.relu, nnx.Linear(64, 1, rngs=rngs)
+        )
+
+    def __call__(self, ids):
+        return self.mlp(jnp.mean(self.items(ids), axis=1))
+
+
+def _random_weights(model, seed=0):
+    """Kernels with a decaying spectrum (as trained ones have), so that rank matters."""
+    rng = np.random.default_rng(seed)
+    for _, param in nnx.iter_graph(model):
+        if isinstance(param, nnx.Param) and param.ndim >= 2:
+            param[...] = jnp.asarray(rng.standard_normal(param.shape) * 0.3, jnp.float32)
+    return model
+
+
+def _normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+# model, example input, the layers compressed by default (all but the first conv and the
+# last dense layer in call order)
+MODELS = {
+    "audio": (AudioCNN, lambda: _normal(1, (2, 64, 1)), {"convs/1", "convs/2", "heads/hidden"}),
+    "video": (VideoBlock, lambda: _normal(2, (2, 4, 8, 8, 3)), {"conv", "proj"}),
+    "recommender": (
+        Recommender,
+        lambda: jnp.asarray([[1, 5, 999], [0, 17, 3]]),
+        {"items", "mlp/layers/0"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("fmt", ["tt", "tucker", "cp", "rtt"])
+def test_user_models_compress_to_the_requested_rate(name, fmt):
+    build, example, expected = MODELS[name]
+    model = _random_weights(build(nnx.Rngs(0)))
+    x = example()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left dense silently, every budget met
+        compressed, rows = compress_model(model, x, format=fmt, rate=0.3)
+    assert {r["name"] for r in rows} == expected
+    for row in rows:
+        assert abs(row["fraction"] / 0.3 - 1) <= 0.1, row
+    y = compressed(x)
+    assert y.shape == model(x).shape and bool(jnp.all(jnp.isfinite(y)))
+    tensorized = [m for _, m in nnx.iter_graph(compressed) if isinstance(m, tnn.TensorLayer)]
+    assert len(tensorized) == len(rows)
+
+
+def _full_ranks(model, fmt):
+    """{layer name: the largest ranks its layout allows} (full rank: exact)."""
+    out = {}
+    for path, m in nnx.iter_graph(model):
+        name = "/".join(str(p) for p in path)
+        if isinstance(m, nnx.Conv):
+            *ks, n_in, n_out = m.kernel.shape
+            out[name] = conv_layout(n_in, n_out, tuple(ks), format=fmt, rank=1).max_ranks
+        elif isinstance(m, nnx.Linear):
+            lf = "ttm" if fmt == "rtt" else fmt
+            out[name] = linear_layout(*m.kernel.shape, format=lf, rank=1).max_ranks
+        elif isinstance(m, nnx.Embed):
+            out[name] = embed_layout(*m.embedding.shape, format=fmt, rank=1).max_ranks
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("fmt", ["tt", "tucker", "rtt"])
+def test_at_full_rank_the_compressed_model_computes_the_original(name, fmt):
+    build, example, _ = MODELS[name]
+    model = _random_weights(build(nnx.Rngs(0)))
+    x = example()
+    ranks = _full_ranks(model, fmt)
+    compressed, rows = compress_model(model, x, format=fmt, rank=ranks, layers=["*"])
+    assert len(rows) == len(ranks)
+    want, got = model(x), nnx.jit(lambda m, x: m(x))(compressed, x)
+    err = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+    assert err < 1e-4, err
+
+
+class Mixed(nnx.Module):
+    """A depthwise conv and attention: left dense, with the reason."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(8, 8, kernel_size=(3, 3), rngs=rngs)
+        self.depthwise = nnx.Conv(8, 8, kernel_size=(3, 3), feature_group_count=8, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(2, 8, decode=False, rngs=rngs)
+        self.fc = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.depthwise(self.conv(x))
+        b, h, w, c = x.shape
+        x = self.attention(x.reshape(b, h * w, c))
+        return self.fc(jnp.mean(x, axis=1))
+
+
+def test_layers_that_stay_dense_are_listed_with_the_reason():
+    model = Mixed(nnx.Rngs(0))
+    x = jnp.ones((1, 4, 4, 8))
+    skipped = {s["name"]: s for s in skipped_layers(model)}
+    assert "feature_group_count=8" in skipped["depthwise"]["reason"]
+    assert {"attention/query", "attention/key", "attention/value", "attention/out"} <= set(skipped)
+    assert skipped["attention/query"]["type"] == "LinearGeneral"
+    with pytest.warns(UserWarning, match="stay dense: .*depthwise"):
+        compressed, rows = compress_model(model, x, format="tt", rate=0.5, layers=["*"])
+    assert {r["name"] for r in rows} == {"conv", "fc"}
+    assert isinstance(compressed.depthwise, nnx.Conv)
+    with pytest.raises(ValueError, match="stay dense"):
+        compress_model(model, x, format="tt", rate=0.5, layers=["*"], on_skipped="raise")
+    with pytest.raises(ValueError, match="left dense: .*depthwise"):
+        compress_model(model, x, format="tt", rate=0.5, layers=["depthwise"], on_skipped="ignore")
