@@ -115,3 +115,25 @@ def test_rank_names_follow_the_spatial_dimensions():
     with pytest.raises(ValueError, match=r"\(R0, R1, R2, R3, R4\)"):
         conv_layout(4, 6, (3, 3, 3), format="tr", rank=(1, 2, 3))
     assert len(conv_layout(4, 6, (3, 3, 3), format="tt", rank=2).ranks) == 4
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_replace_cores_keeps_every_option_of_an_nd_conv(dims):
+    """Pruning rebuilds a layer from its options (replace_cores); strides, padding and
+    dilation of a 1-D or 3-D conv survive it."""
+    n_in, n_out, k, s, pad, _, dil, shape = CASES[dims]
+    layer = Conv(
+        n_in,
+        n_out,
+        k,
+        s,
+        padding=pad,
+        kernel_dilation=dil,
+        format="tt",
+        rank=2,
+        rngs=nnx.Rngs(0),
+    )
+    rebuilt = layer.replace_cores([c[...] for c in layer.cores])
+    assert (rebuilt.strides, rebuilt.padding, rebuilt.kernel_dilation) == (s, pad, dil)
+    x = _normal(3, shape)
+    np.testing.assert_allclose(rebuilt(x), layer(x), rtol=1e-6, atol=1e-6)

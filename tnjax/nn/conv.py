@@ -146,9 +146,9 @@ class Conv(TensorLayer):
         _layout: Layout | None = None,
     ):
         layout = self._resolve_layout(locals(), in_features, out_features, kernel_size)
-        n = len(layout.kernel_size)
-        strides = spatial_ints(strides, n, "strides")
-        kernel_dilation = spatial_ints(kernel_dilation, n, "kernel_dilation")
+        # (no new local variables here: the constructor's locals() are the layer's options)
+        strides = spatial_ints(strides, len(layout.kernel_size), "strides")
+        kernel_dilation = spatial_ints(kernel_dilation, len(layout.kernel_size), "kernel_dilation")
         functional.conv_padding(padding, layout.kernel_size, kernel_dilation)  # validates
         self._setup(layout, locals())
 
