@@ -79,6 +79,28 @@ def _random_weights(model, seed=0):
     return model
 
 
+class Encoder(nnx.Module):
+    """A transformer encoder block over token ids, as in the Flax examples."""
+
+    def __init__(self, rngs: nnx.Rngs, vocab: int = 500, width: int = 32, heads: int = 4):
+        self.embed = nnx.Embed(vocab, width, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        self.mlp = nnx.Sequential(
+            nnx.Linear(width, 4 * width, rngs=rngs),
+            nnx.gelu,
+            nnx.Linear(4 * width, width, rngs=rngs),
+        )
+        self.head = nnx.Linear(width, 3, rngs=rngs)
+
+    def __call__(self, ids):
+        x = self.embed(ids)
+        x = x + self.attention(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return self.head(jnp.mean(x, axis=1))
+
+
 def _normal(seed, shape):
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
@@ -92,6 +114,19 @@ MODELS = {
         Recommender,
         lambda: jnp.asarray([[1, 5, 999], [0, 17, 3]]),
         {"items", "mlp/layers/0"},
+    ),
+    "encoder": (
+        Encoder,
+        lambda: jnp.asarray(np.random.default_rng(3).integers(0, 500, size=(2, 12))),
+        {
+            "embed",
+            "attention/query",
+            "attention/key",
+            "attention/value",
+            "attention/out",
+            "mlp/layers/0",
+            "mlp/layers/2",
+        },
     ),
 }
 
@@ -122,9 +157,10 @@ def _full_ranks(model, fmt):
         if isinstance(m, nnx.Conv):
             *ks, n_in, n_out = m.kernel.shape
             out[name] = conv_layout(n_in, n_out, tuple(ks), format=fmt, rank=1).max_ranks
-        elif isinstance(m, nnx.Linear):
-            lf = "ttm" if fmt == "rtt" else fmt
-            out[name] = linear_layout(*m.kernel.shape, format=lf, rank=1).max_ranks
+        elif isinstance(m, nnx.Linear | nnx.LinearGeneral):
+            n_in = int(np.prod(m.in_features))
+            n_out = m.kernel.size // n_in
+            out[name] = linear_layout(n_in, n_out, format=fmt, rank=1).max_ranks
         elif isinstance(m, nnx.Embed):
             out[name] = embed_layout(*m.embedding.shape, format=fmt, rank=1).max_ranks
     return out
@@ -145,7 +181,7 @@ def test_at_full_rank_the_compressed_model_computes_the_original(name, fmt):
 
 
 class Mixed(nnx.Module):
-    """A depthwise conv and attention: left dense, with the reason."""
+    """A depthwise conv (left dense, with the reason) and attention (converted)."""
 
     def __init__(self, rngs):
         self.conv = nnx.Conv(8, 8, kernel_size=(3, 3), rngs=rngs)
@@ -164,14 +200,47 @@ def test_layers_that_stay_dense_are_listed_with_the_reason():
     model = Mixed(nnx.Rngs(0))
     x = jnp.ones((1, 4, 4, 8))
     skipped = {s["name"]: s for s in skipped_layers(model)}
+    assert set(skipped) == {"depthwise"}
     assert "feature_group_count=8" in skipped["depthwise"]["reason"]
-    assert {"attention/query", "attention/key", "attention/value", "attention/out"} <= set(skipped)
-    assert skipped["attention/query"]["type"] == "LinearGeneral"
     with pytest.warns(UserWarning, match="stay dense: .*depthwise"):
         compressed, rows = compress_model(model, x, format="tt", rate=0.5, layers=["*"])
-    assert {r["name"] for r in rows} == {"conv", "fc"}
+    attention = {f"attention/{p}" for p in ("query", "key", "value", "out")}
+    assert {r["name"] for r in rows} == {"conv", "fc"} | attention
     assert isinstance(compressed.depthwise, nnx.Conv)
+    assert isinstance(compressed.attention.query, tnn.LinearGeneral)
+    assert compressed(x).shape == (1, 4)
     with pytest.raises(ValueError, match="stay dense"):
         compress_model(model, x, format="tt", rate=0.5, layers=["*"], on_skipped="raise")
     with pytest.raises(ValueError, match="left dense: .*depthwise"):
         compress_model(model, x, format="tt", rate=0.5, layers=["depthwise"], on_skipped="ignore")
+
+
+def test_rank_priors_and_pruning_reach_a_compressed_transformer():
+    """The attention projections of nnx.MultiHeadAttention, once tensorized, get rank
+    groups and priors (tnjax.bayes) and prune like any tnjax layer: lambdas that switch
+    off the second half of each group leave a smaller model that computes the same."""
+    from tnjax import bayes
+
+    model = _random_weights(Encoder(nnx.Rngs(0)))
+    ids = MODELS["encoder"][1]()
+    compressed, rows = compress_model(model, ids, format="ttm", rank=6)
+    names = {name for name, _ in bayes.tensor_layers(compressed)}
+    assert {"attention/query", "attention/out"} <= names
+    prior = bayes.RankPrior(kind="half_cauchy", eta=1.0)
+    lambdas = bayes.init_lambdas(compressed, prior)
+    assert set(lambdas) == names
+    # zero the slices the lambdas switch off, so pruning is exact
+    cut = {}
+    for name, layer in bayes.tensor_layers(compressed):
+        groups = bayes.rank_groups(layer)
+        cut[name] = [jnp.where(jnp.arange(g.size) < max(1, g.size // 2), 1.0, 0.0) for g in groups]
+        for group, lam in zip(groups, cut[name], strict=True):
+            for core_index, axis in group.slices + group.prune_only:
+                core = layer.cores[core_index]
+                shape = [1] * core.ndim
+                shape[axis] = -1
+                core[...] = core[...] * lam.reshape(shape)
+    pruned, report, _ = bayes.prune_model(compressed, cut)
+    assert all(r["params_after"] < r["params_before"] for r in report.values())
+    assert isinstance(pruned.attention.query, tnn.LinearGeneral)
+    np.testing.assert_allclose(pruned(ids), compressed(ids), rtol=1e-4, atol=1e-5)

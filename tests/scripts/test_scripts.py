@@ -9,7 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _run(args, tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    # this checkout's tnjax, whatever the environment has installed
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     proc = subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
@@ -79,3 +80,29 @@ def test_main_job_quick_variant_prints_a_results_table(tmp_path):
     summary = json.loads((tmp_path / "quick" / "lenet5_dense" / "summary.json").read_text())
     assert summary["dataset"] == "fashion_mnist" and summary["steps"] == 150
     assert (tmp_path / "quick" / "lenet5_dense" / "curves.png").exists()
+
+
+def _readme_block(heading: str) -> str:
+    """The first ```python block after `heading` in README.md."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    after = text[text.index(heading) :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_readme_compress_your_own_model_runs_as_written(tmp_path):
+    script = tmp_path / "compress_own_model.py"
+    script.write_text(_readme_block("### Compress your own model"))
+    stdout = _run([str(script)], tmp_path)
+    names = [line.split()[0] for line in stdout.splitlines()[:-1]]
+    assert names == [
+        "embed",
+        "attention/query",
+        "attention/key",
+        "attention/value",
+        "attention/out",
+        "mlp/layers/0",
+        "mlp/layers/2",
+    ]
+    assert stdout.splitlines()[-1] == "(8, 2) []"

@@ -2,16 +2,18 @@
 
     compressed, rows = compress_model(model, jnp.zeros((1, 28, 28, 1)), format="rcp", rate=0.1)
 
-Every eligible dense layer (`nnx.Linear`, `nnx.Conv` with 1, 2 or 3 spatial dimensions,
-`nnx.Embed`), wherever it sits in the model (nested modules, lists, dicts), is replaced by
-the tnjax layer of the requested format, initialised by decomposing its kernel
-(`tnjax.nn.Linear.from_linear`, `tnjax.nn.Conv.from_conv`, `tnjax.nn.Embed.from_embed`:
+Every eligible dense layer (`nnx.Linear`, `nnx.LinearGeneral` (the projections of
+`nnx.MultiHeadAttention`), `nnx.Conv` with 1, 2 or 3 spatial dimensions, `nnx.Embed`),
+wherever it sits in the model (nested modules, lists, dicts), is replaced by the tnjax layer
+of the requested format, initialised by decomposing its kernel (`tnjax.nn.Linear.from_linear`,
+`tnjax.nn.LinearGeneral.from_linear_general`, `tnjax.nn.Conv.from_conv`,
+`tnjax.nn.Embed.from_embed`:
 CP-ALS for CP/RCP, HOOI for Tucker/RTK, TT-SVD for TT/RTT, TR-SVD for TR/RTR; reshaped
 formats factorise channels into output/input mode pairs that share a core). Biases, batch
 norm and every other variable are carried over unchanged. By default every layer is
 eligible except the first conv and the last dense layer in call order (the paper's
 convention: they are small and sensitive). Layers with a kernel that cannot be converted
-(grouped or masked convolutions, `nnx.LinearGeneral`, `nnx.Einsum`, ...) are listed with
+(grouped or masked convolutions, `nnx.Einsum`, ...) are listed with
 the reason by `skipped_layers`, and `compress_model` warns about them.
 """
 
@@ -40,7 +42,7 @@ __all__ = [
     "COMPRESS_FORMATS",
 ]
 
-_CONVERTED = (nnx.Linear, nnx.Conv, nnx.Embed)
+_CONVERTED = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.Embed)
 
 # Names accepted for the formats (the TNN paper's "TK" is Tucker).
 FORMAT_ALIASES = {"tk": "tucker", "rtucker": "rtk"}
@@ -85,9 +87,14 @@ def unsupported_reason(module: nnx.Module) -> str | None:
         if set(spatial_ints(module.input_dilation or 1, n, "input_dilation")) != {1}:
             return f"input_dilation={module.input_dilation}: tnjax.nn.Conv has none"
         return None
+    if isinstance(module, nnx.LinearGeneral) and module.batch_axis:
+        return f"an nnx.LinearGeneral with batch_axis={dict(module.batch_axis)}"
     if isinstance(module, _CONVERTED):
         return None
-    return f"{type(module).__name__} is not a layer kind tnjax converts (Linear, Conv, Embed)"
+    return (
+        f"{type(module).__name__} is not a layer kind tnjax converts "
+        "(Linear, LinearGeneral, Conv, Embed)"
+    )
 
 
 def _has_weight(module: nnx.Module) -> bool:
@@ -102,8 +109,8 @@ def skipped_layers(model: nnx.Module) -> list[dict[str, str]]:
     Returns:
       [{"name": graph path or factory name, "type": class name, "reason": ...}] in graph
       order: dense Linear/Conv/Embed layers it cannot convert (`unsupported_reason`) and
-      other modules holding a `kernel`/`embedding` parameter (e.g. `nnx.LinearGeneral`,
-      `nnx.Einsum`, the projections of `nnx.MultiHeadAttention`).
+      other modules holding a `kernel`/`embedding` parameter (e.g. `nnx.Einsum`, or a
+      user's own layer).
     """
     out = []
     for path, module in nnx.iter_graph(model):
@@ -228,6 +235,8 @@ def compress_model(
             new = tnn.Conv.from_conv(module, format=fmt, rngs=rngs, **budget)
         elif isinstance(module, nnx.Embed):
             new = tnn.Embed.from_embed(module, format=fmt, rngs=rngs, **budget)
+        elif isinstance(module, nnx.LinearGeneral):
+            new = tnn.LinearGeneral.from_linear_general(module, format=fmt, rngs=rngs, **budget)
         else:
             new = tnn.Linear.from_linear(module, format=fmt, rngs=rngs, **budget)
         setattr(new, NAME_ATTR, name)

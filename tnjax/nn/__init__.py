@@ -1,9 +1,11 @@
-"""Flax NNX layers whose kernels live in tensor formats (drop-ins for nnx.Linear/Conv/Embed)."""
+"""Flax NNX layers whose kernels live in tensor formats (drop-ins for nnx.Linear,
+nnx.LinearGeneral, nnx.Conv and nnx.Embed)."""
 
 from tnjax.nn._common import Core, TensorLayer
 from tnjax.nn.conv import CONV_FORMATS, Conv
 from tnjax.nn.embed import EMBED_FORMATS, Embed
 from tnjax.nn.linear import LINEAR_FORMATS, Linear
+from tnjax.nn.linear_general import LinearGeneral
 
 __all__ = [
     "Core",
@@ -13,5 +15,6 @@ __all__ = [
     "Embed",
     "EMBED_FORMATS",
     "Linear",
+    "LinearGeneral",
     "LINEAR_FORMATS",
 ]

@@ -150,6 +150,14 @@ class TensorLayer(nnx.Module):
         )
         return list(arrays[: len(inputs)]), list(arrays[len(inputs) :])
 
+    @staticmethod
+    def _constrained(y: jax.Array, out_sharding: Any) -> jax.Array:
+        """`y` constrained to `out_sharding` (the argument every Flax layer's `__call__`
+        takes, e.g. from `nnx.MultiHeadAttention`); None leaves it to XLA."""
+        if out_sharding is None:
+            return y
+        return jax.lax.with_sharding_constraint(y, out_sharding)
+
     def _bias(self, dtype: Any) -> jax.Array | None:
         return None if self.bias is None else jnp.asarray(self.bias[...], dtype)
 

@@ -161,9 +161,10 @@ class Conv(TensorLayer):
     def _conv_options(self) -> dict[str, Any]:
         return dict(strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
         """Applies the convolution: (..., H, W, in_features) -> (..., H', W', out_features)
-        in 2-D ((..., L, in) in 1-D, (..., D, H, W, in) in 3-D).
+        in 2-D ((..., L, in) in 1-D, (..., D, H, W, in) in 3-D); `out_sharding`, as in
+        `nnx.Conv`, constrains the output's sharding.
 
         Leading batch dimensions are flattened into one and restored; an unbatched
         (H, W, in_features) input gives (H', W', out_features), as in `nnx.Conv`.
@@ -178,7 +179,7 @@ class Conv(TensorLayer):
                     f"shape {inputs.shape}"
                 )
             (x,), cores = self._promoted(inputs)
-            return functional.conv(
+            y = functional.conv(
                 self.layout,
                 cores,
                 x,
@@ -188,6 +189,7 @@ class Conv(TensorLayer):
                 precision=self.precision,
                 **self._conv_options(),
             )
+            return self._constrained(y, out_sharding)
 
     def cost(self, input_shape: Sequence[int]) -> dict[str, Any]:
         """Parameters and forward FLOPs for inputs of `input_shape` (..., H, W, in_features).

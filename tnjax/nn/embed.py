@@ -121,11 +121,12 @@ class Embed(TensorLayer):
     vocab_padded = property(lambda self: self.layout.in_padded)
     features_padded = property(lambda self: self.layout.out_padded)
 
-    def __call__(self, indices: jax.typing.ArrayLike) -> jax.Array:
+    def __call__(self, indices: jax.typing.ArrayLike, out_sharding: Any = None) -> jax.Array:
         """Looks up rows of the table without building it.
 
         Args:
           indices: integer array (...) with values in [-V, V) (negative from the end).
+          out_sharding: as in `nnx.Embed`, constrains the output's sharding.
 
         Returns:
           (..., features) embeddings; NaN rows for out-of-range indices, as `nnx.Embed`.
@@ -135,9 +136,10 @@ class Embed(TensorLayer):
         """
         with jax.named_scope("tnjax.nn.Embed"):
             _, cores = self._promoted()
-            return functional.embed(
+            y = functional.embed(
                 self.layout, cores, indices, contract=self.contract, optimize=self.optimize
             )
+            return self._constrained(y, out_sharding)
 
     def attend(self, query: jax.typing.ArrayLike) -> jax.Array:
         """Inner products of queries with every embedding: query @ table.T.

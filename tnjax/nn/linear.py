@@ -112,11 +112,12 @@ class Linear(TensorLayer):
 
     spec = property(lambda self: self.layout.spec, doc="The forward `contract` spec.")
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """Applies the layer to the last axis: (..., in_features) -> (..., out_features)."""
+    def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        """Applies the layer to the last axis: (..., in_features) -> (..., out_features)
+        (`out_sharding`, as in `nnx.Linear`, constrains the output's sharding)."""
         with jax.named_scope("tnjax.nn.Linear"):
             (x,), cores = self._promoted(jnp.asarray(inputs))
-            return functional.linear(
+            y = functional.linear(
                 self.layout,
                 cores,
                 x,
@@ -125,6 +126,7 @@ class Linear(TensorLayer):
                 optimize=self.optimize,
                 precision=self.precision,
             )
+            return self._constrained(y, out_sharding)
 
     @classmethod
     def from_linear(

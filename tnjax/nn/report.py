@@ -27,13 +27,15 @@ __all__ = ["layer_report", "model_report", "count_params", "compiled_flops", "LA
 # Layer classes reported, with their kind; a subclass is reported as its base.
 LAYER_KINDS: dict[type, str] = {
     nnx.Linear: "linear",
+    nnx.LinearGeneral: "linear",
     nnx.Conv: "conv",
     nnx.Embed: "embed",
     tnn.Linear: "linear",
+    tnn.LinearGeneral: "linear",
     tnn.Conv: "conv",
     tnn.Embed: "embed",
 }
-_TENSORIZED = (tnn.Linear, tnn.Conv, tnn.Embed)
+_TENSORIZED = (tnn.Linear, tnn.LinearGeneral, tnn.Conv, tnn.Embed)
 
 
 def _kind(module: Any) -> str | None:
@@ -84,9 +86,10 @@ def _record_calls(model: nnx.Module, example_inputs: tuple) -> list[tuple[tuple,
 
 
 def _dense_cost(module: nnx.Module, kind: str, in_shape: tuple, out_shape: tuple) -> dict:
-    if kind == "linear":
-        n_in, n_out = module.kernel.shape
-        batch = math.prod(in_shape[:-1])
+    if kind == "linear":  # nnx.Linear, or nnx.LinearGeneral with several feature axes
+        n_in = int(np.prod(module.in_features))
+        n_out = math.prod(module.kernel.shape) // n_in
+        batch = math.prod(in_shape) // n_in
         return {"params": n_in * n_out, "dense_flops": 2 * batch * n_in * n_out}
     if kind == "conv":
         # kernel (k_1..k_n, in/groups, out): each output position costs 2*prod(kernel) FLOPs
