@@ -178,7 +178,7 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
     except ValueError as e:  # bad layer specs and the like, found while building the model
         logging.debug("traceback", exc_info=True)
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {_one_line(e)} (--verbosity=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
     print(
         f"test accuracy {summary['test_accuracy']:.4f} | params {summary['params']:,} "
