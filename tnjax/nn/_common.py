@@ -215,7 +215,7 @@ class TensorLayer(nnx.Module):
         elif bias is not None:
             raise ValueError(f"{cls.__name__} has no bias; got one of shape {jnp.shape(bias)}")
         layer = cls(
-            *cls._layout_args(layout),
+            *cls._constructor_sizes(layout, kwargs),
             format=layout.format,
             rank=layout.ranks,
             rngs=nnx.Rngs(0),
@@ -239,6 +239,12 @@ class TensorLayer(nnx.Module):
     _LAYOUT_ARGS: tuple[str, ...] = ()  # the arguments of the layout function it takes
     _LAYOUT_FN: Callable[..., Layout]
     _HAS_BIAS = True
+
+    @classmethod
+    def _constructor_sizes(cls, layout: Layout, kwargs: dict[str, Any]) -> tuple:
+        """The positional constructor arguments of a layer of `layout`; a subclass whose
+        sizes the layout does not fully determine takes them from (and out of) `kwargs`."""
+        return cls._layout_args(layout)
 
     @staticmethod
     def _layout_args(layout: Layout) -> tuple:

@@ -94,37 +94,17 @@ class LinearGeneral(TensorLayer):
         # replace_cores rebuilds the layer from its options: the feature shapes go with them
         self._options += (("in_features", self.in_shape), ("out_features", self.out_shape))
 
+    @staticmethod
+    def _layout_args(layout: Layout) -> tuple:
+        return (layout.in_features, layout.out_features)
+
     @classmethod
-    def from_cores(
-        cls,
-        layout: Layout,
-        cores: Sequence[jax.typing.ArrayLike],
-        bias: jax.typing.ArrayLike | None = None,
-        *,
-        in_features: int | Sequence[int] | None = None,
-        out_features: int | Sequence[int] | None = None,
-        **kwargs: Any,
-    ) -> LinearGeneral:
-        """A layer holding `cores` of a linear `layout` (feature shapes default to its flat
-        sizes); see `TensorLayer.from_cores`."""
-        if layout.kind != cls._KIND:
-            raise ValueError(f"LinearGeneral.from_cores needs a linear layout, got {layout.kind}")
-        in_features = layout.in_features if in_features is None else in_features
-        out_features = layout.out_features if out_features is None else out_features
-        layer = cls(
-            in_features,
-            out_features,
-            format=layout.format,
-            rank=layout.ranks,
-            rngs=nnx.Rngs(0),
-            use_bias=bias is not None,
-            _layout=layout,
-            _cores=list(cores),
-            **kwargs,
+    def _constructor_sizes(cls, layout: Layout, kwargs: dict[str, Any]) -> tuple:
+        """The feature shapes given to `from_cores` (default: the layout's flat sizes)."""
+        return (
+            kwargs.pop("in_features", layout.in_features),
+            kwargs.pop("out_features", layout.out_features),
         )
-        if bias is not None:
-            layer.bias[...] = jnp.asarray(bias, layer.param_dtype).reshape(-1)
-        return layer
 
     def _flat_input(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
         """x with the contracted axes moved last and flattened; the batch shape."""
@@ -200,7 +180,7 @@ class LinearGeneral(TensorLayer):
         layout = cls._resolve_layout(locals(), n_in, n_out)
         with jax.named_scope("tnjax.nn.LinearGeneral.from_linear_general"):
             cores = layout.from_dense(kernel.reshape(n_in, n_out), rngs.params(), rngs.params())
-        bias = None if layer.bias is None else layer.bias[...]
+        bias = None if layer.bias is None else layer.bias[...].reshape(-1)
         kwargs = {
             "dtype": layer.dtype,
             "param_dtype": layer.param_dtype,
