@@ -158,6 +158,25 @@ class Trainable:
         return nnx.merge(graph, self.state["params"], self.state["rest"])
 
 
+def _kill_every_process() -> None:
+    """The `debug.kill_at_step` hook: SIGKILL this process, as a crash would.
+
+    In a multi-process job every process first waits for the others (all have written
+    their part of the checkpoint), then the non-leaders die; the leader, which hosts the
+    coordination service, dies a moment later so that no peer is aborted by the service
+    while it is still working.
+    """
+    import signal
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("tnjax_kill_at_step")
+        if jax.process_index() == 0:
+            time.sleep(2.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _tree_all_finite(tree: Any) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -457,10 +476,8 @@ class RunLoop:
                     self.elapsed = elapsed0 + time.perf_counter() - t_run
                     self._save(done)
                 if done == opts.kill_at_step:  # test hook: a real SIGKILL, mid-run, after this step
-                    import signal
-
                     writer.close()
-                    os.kill(os.getpid(), signal.SIGKILL)
+                    _kill_every_process()
             self.elapsed = elapsed0 + time.perf_counter() - t_run
             if not opts.evaluate_at_end:
                 return None

@@ -359,7 +359,10 @@ def test_two_host_job_checkpoints_and_resumes_on_one_device(tmp_path, reference_
     run = tmp_path / "run"
     procs = _launch_multihost(run, 2, 2, "--config.debug.kill_at_step=10", *SHARDED_4)
     for i, proc in enumerate(procs):
-        assert proc.returncode == -9, f"process {i}: " + proc.stderr[-3000:]
+        # Each process SIGKILLs itself after the step-10 checkpoint; a peer still alive when
+        # the coordination service notices the loss may be aborted by it instead (SIGABRT).
+        aborted_by_peer = proc.returncode == -6 and "coordination service" in proc.stderr
+        assert proc.returncode == -9 or aborted_by_peer, f"process {i}: " + proc.stderr[-3000:]
         assert f"process {i} of 2: 2 local devices, 4 in all" in proc.stderr
         assert "sharded along model" in proc.stderr
     proc = _launch(run, 1)
