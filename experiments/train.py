@@ -61,8 +61,10 @@ def build_model(config: ml_collections.ConfigDict, ds: input_pipeline.Dataset) -
         kwargs["features"] = (in_size, *features[1:-1], out_size)
     else:
         kwargs.setdefault("num_classes", ds.num_classes)
-        if name == "lenet5":
+        if name in ("lenet5", "vit"):
             kwargs.setdefault("in_channels", int(ds.train["image"].shape[-1]))
+        if name == "vit":
+            kwargs.setdefault("image_size", int(ds.train["image"].shape[1]))
     layers = mc.get("layers", None)
     layers = clean_layer_specs(layers.to_dict() if hasattr(layers, "to_dict") else layers)
     return models.create_model(name, rngs=nnx.Rngs(config.seed), layers=layers, **kwargs)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tnjax.nn.graph import layer_name, module_at
+from tnjax.nn.graph import UNIT_ATTR, layer_name, module_at
 
 __all__ = [
     "DistillBlock",
@@ -57,22 +57,39 @@ def _named_paths(model: nnx.Module) -> dict[str, tuple]:
     return {layer_name(m): tuple(p) for p, m in nnx.iter_graph(model) if layer_name(m) is not None}
 
 
+def _unit_paths(model: nnx.Module) -> dict[tuple, str]:
+    """Graph path -> unit name of every module marked with `UNIT_ATTR`."""
+    return {
+        tuple(p): getattr(m, UNIT_ATTR)
+        for p, m in nnx.iter_graph(model)
+        if getattr(m, UNIT_ATTR, None) is not None
+    }
+
+
 def distillation_blocks(model: nnx.Module, layer_names: Sequence[str]) -> list[DistillBlock]:
     """The blocks of sequential training over the compressed layers `layer_names`.
 
-    A layer named "stageS.blockB.x" belongs to stage "stageS" whose unit is its parent module
-    (the residual block); a stage trains all its residual blocks that hold compressed layers
-    and matches the output of the last of them. Any other layer is a block by itself.
+    A layer inside a module marked as a unit (`UNIT_ATTR`, e.g. a ViT's transformer block)
+    belongs to that unit: its compressed layers train together and the unit's output is
+    matched. Otherwise a layer named "stageS.blockB.x" belongs to stage "stageS" whose unit
+    is its parent module (the residual block); a stage trains all its residual blocks that
+    hold compressed layers and matches the output of the last of them. Any other layer is a
+    block by itself.
     Blocks are ordered by graph path, which follows the forward order of the zoo's models.
     """
     paths = _named_paths(model)
     missing = [n for n in layer_names if n not in paths]
     if missing:
         raise ValueError(f"layers {missing} are not in the model (it has {sorted(paths)})")
+    units = _unit_paths(model)
     groups: dict[str, list[tuple[str, tuple]]] = {}
     for name in layer_names:
         path = paths[name]
-        if name.startswith("stage") and "." in name:
+        enclosing = [p for p in units if path[: len(p)] == p and len(p) < len(path)]
+        if enclosing:
+            unit = max(enclosing, key=len)
+            group = units[unit]
+        elif name.startswith("stage") and "." in name:
             group, unit = name.split(".", 1)[0], path[:-1]
         else:
             group, unit = name, path

@@ -1,4 +1,4 @@
-"""Model zoo: LeNet-5, CIFAR ResNets, ResNet-50, MLP and DLRM with tensorizable layers.
+"""Model zoo: LeNet-5, CIFAR ResNets, ResNet-50, a small ViT, MLP and DLRM with tensorizable layers.
 
 Every model builds its Linear/Conv/Embed layers through a `LayerFactory`, so any named
 layer can be dense (Flax) or tensorized (`tnjax.nn`) from a spec::
@@ -33,6 +33,7 @@ from tnjax.models.lenet import LeNet5
 from tnjax.models.mlp import MLP
 from tnjax.models.report import compiled_flops, count_params, layer_report, model_report
 from tnjax.models.resnet import ResNet50, ResNetCifar, resnet20, resnet32, resnet56
+from tnjax.models.vit import ViT
 
 __all__ = [
     "MODELS",
@@ -47,6 +48,7 @@ __all__ = [
     "resnet56",
     "MLP",
     "DLRM",
+    "ViT",
     "layer_report",
     "compiled_flops",
     "model_report",
@@ -62,6 +64,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nnx.Module], type, int]] = {
     "resnet50": (ResNet50, ResNet50, 0),
     "mlp": (MLP, MLP, 0),
     "dlrm": (DLRM, DLRM, 0),
+    "vit": (ViT, ViT, 0),
 }
 MODELS = frozenset(_REGISTRY)
 _LAYERS_KEYS = ("default", "overrides")
@@ -79,7 +82,7 @@ def create_model(
 
     Args:
       name: one of `MODELS`: "lenet5", "resnet20", "resnet32", "resnet56", "resnet50",
-        "mlp", "dlrm".
+        "mlp", "dlrm", "vit".
       rngs: `nnx.Rngs` with a `params` stream.
       layers: `{"default": spec, "overrides": {pattern: spec}}` (both optional; a
         Mapping or an ml_collections ConfigDict), given to `LayerFactory`; None: all dense.

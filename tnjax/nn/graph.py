@@ -11,10 +11,13 @@ from typing import Any
 
 from flax import nnx
 
-__all__ = ["NAME_ATTR", "layer_name", "module_at", "replace_module", "named_layers"]
+__all__ = ["NAME_ATTR", "UNIT_ATTR", "layer_name", "module_at", "replace_module", "named_layers"]
 
 # Attribute holding a layer's name on the module (set by `tnjax.models.LayerFactory`).
 NAME_ATTR = "tnjax_name"
+# Attribute naming a module that is one unit of block-wise distillation (a transformer
+# block, say): its compressed layers train together and its output is matched.
+UNIT_ATTR = "tnjax_distill_unit"
 
 
 def layer_name(module: Any) -> str | None:
