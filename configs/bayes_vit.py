@@ -10,7 +10,7 @@ scratch with a rank-shrinking prior on every TT rank (Hawkins et al.; `bayes` tr
 MAP with closed-form lambda updates by default), ranks read out (lambda > 1% of the
 layer's largest) and pruned at the end, then `finetune_steps` steps without the prior.
 `prior=none` trains the same layers at the fixed max rank. docs/results/vit.md has the
-measured run. `quick`: 2,048 images, 60 steps (checks the pipeline).
+measured run. `quick`: the quick ViT of configs/vit.py (checks the pipeline).
 
 Args: quick, format (ttm, tt, cp, tucker), prior (half_cauchy, log_uniform, none), eta,
 inference (map, svi), max_rank, prior_weight, finetune_steps, epochs, dataset, seed.
@@ -41,6 +41,6 @@ def get_config(arg: str | None = None):
     c.name = f"bayes_vit_{args.format}"
     common.apply_prior(c, args)
     if args.prior != "none":
-        c.bayes.finetune_steps = 20 if args.quick else args.finetune_steps
+        c.bayes.finetune_steps = 10 if args.quick else args.finetune_steps
         c.bayes.finetune_learning_rate = 3e-4
     return c

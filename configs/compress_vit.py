@@ -12,7 +12,7 @@ MLP weight (fc1, fc2) becomes `format` (ttm, tucker, cp, tt, tr, or a reshaped f
 embedding and the head stay dense. Phase 1 trains one transformer block at a time
 (`phase1_steps` Adam steps on the MSE to the teacher's block output), phase 2 fine-tunes end
 to end with distillation (`phase2_steps`). docs/results/vit.md has the measured table.
-`quick`: the quick teacher, 10 steps per block, 20 fine-tuning steps (checks the pipeline).
+`quick`: the quick teacher, 5 steps per block, 10 fine-tuning steps (checks the pipeline).
 
 Args: quick, format, rate, phase1_steps, phase2_steps, kd, teacher_workdir, dataset, seed.
 """
@@ -48,8 +48,9 @@ def get_config(arg: str | None = None):
     c.phase2.learning_rate = 5e-4
     c.phase2.kd_weight = args.kd
     if args.quick:
-        c.phase1.steps_per_block = 10
-        c.phase2.steps = 20
+        c.phase1.steps_per_block = 5
+        c.phase2.steps = 10
         c.phase2.checkpoint_every = 10
-        c.log_every = 10
+        c.eval_batch_size = 500
+        c.log_every = 5
     return c

@@ -9,7 +9,8 @@ heads and MLP 256, mean pooling; 540k parameters, 525k of them in the attention 
 projections, which `format` tensorizes (the patch embedding and the head stay dense).
 AdamW (lr 1e-3, weight decay 0.05, 200 warm-up steps, cosine), batch 128, 8 epochs: about
 a quarter of a second per step on 2 CPU cores. docs/results/vit.md has the measured run.
-`quick`: 2,048 training and 1,000 test images, 60 steps (checks the pipeline; ~30 s).
+`quick`: a 2-block ViT of width 64 on 1,024 training and 500 test images, 40 steps (checks
+the pipeline; seconds).
 
 Args: quick, format, rank, compression, dataset, epochs, depth, width, seed.
 """
@@ -48,9 +49,10 @@ def get_config(arg: str | None = None):
     c.eval_every = 938  # two epochs
     c.checkpoint_every = 469
     if args.quick:
-        c.data.num_train = 2048
-        c.data.num_test = 1000
-        c.num_steps = 60
+        c.model.kwargs = {"depth": 2, "width": 64, "mlp_dim": 128}
+        c.data.num_train = 1024
+        c.data.num_test = 500
+        c.num_steps = 40
         c.optimizer.warmup_steps = 10
         c.log_every = 20
         c.eval_every = None

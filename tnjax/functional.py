@@ -256,10 +256,10 @@ def conv(
         pad, pre_pad = conv_padding(padding, layout.kernel_size, dilation)
         lead = x.shape[: -(n + 1)]
         x = _pre_pad(x.reshape((-1, *x.shape[-(n + 1) :])), pre_pad)
-        if layout.in_padded != layout.in_features:
+        if layout.groups == 1 and layout.in_padded != layout.in_features:  # (grouped: unpadded)
             widths = ((0, 0),) * (n + 1) + ((0, layout.in_padded - layout.in_features),)
             x = jnp.pad(x, widths)
-        x = x.reshape((*x.shape[: n + 1], *layout.in_modes))
+        x = x.reshape((*x.shape[: n + 1], *layout.x_modes))
         y = contract(
             layout.spec,
             x,
@@ -452,7 +452,7 @@ def cost(
         if pre_pad is not None:
             spatial = [s + lo + hi for s, (lo, hi) in zip(spatial, pre_pad[1], strict=True)]
         spec = layout.spec
-        shapes = [(batch, *spatial, *layout.in_modes), *layout.operand_shapes]
+        shapes = [(batch, *spatial, *layout.x_modes), *layout.operand_shapes]
         kw = dict(padding=pad, strides=strides, dilation=dilation)
         per_dim = (pad,) * n if isinstance(pad, str) else pad
         out = [

@@ -1,6 +1,7 @@
 """compress_model on models written with plain flax.nnx layers, as a user would write them
-from the Flax documentation: 1-D and 3-D convolutions, nnx.List / nnx.Dict containers,
-nested modules, embedding tables; and what it leaves dense (and why)."""
+from the Flax documentation: 1-D and 3-D convolutions, MobileNet-style depthwise and grouped
+convolutions, nnx.List / nnx.Dict containers, nested modules, embedding tables, attention;
+and what it leaves dense (and why)."""
 
 import warnings
 
@@ -70,6 +71,40 @@ class Recommender(nnx.Module):
         return self.mlp(jnp.mean(self.items(ids), axis=1))
 
 
+class MobileNetV2ish(nnx.Module):
+    """Inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project, BatchNorm) and a
+    grouped 3x3 conv, as in the MobileNet/ShuffleNet papers."""
+
+    class InvertedResidual(nnx.Module):
+        def __init__(self, channels: int, expand: int, rngs: nnx.Rngs):
+            hidden = channels * expand
+            self.expand = nnx.Conv(channels, hidden, (1, 1), use_bias=False, rngs=rngs)
+            self.bn1 = nnx.BatchNorm(hidden, use_running_average=True, rngs=rngs)
+            self.depthwise = nnx.Conv(
+                hidden, hidden, (3, 3), feature_group_count=hidden, use_bias=False, rngs=rngs
+            )
+            self.bn2 = nnx.BatchNorm(hidden, use_running_average=True, rngs=rngs)
+            self.project = nnx.Conv(hidden, channels, (1, 1), use_bias=False, rngs=rngs)
+            self.bn3 = nnx.BatchNorm(channels, use_running_average=True, rngs=rngs)
+
+        def __call__(self, x):
+            y = nnx.relu6(self.bn1(self.expand(x)))
+            y = nnx.relu6(self.bn2(self.depthwise(y)))
+            return x + self.bn3(self.project(y))
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.stem = nnx.Conv(3, 16, (3, 3), strides=(2, 2), rngs=rngs)
+        self.blocks = nnx.List([self.InvertedResidual(16, 4, rngs) for _ in range(2)])
+        self.grouped = nnx.Conv(16, 32, (3, 3), feature_group_count=4, rngs=rngs)
+        self.fc = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(jnp.mean(nnx.relu(self.grouped(x)), axis=(1, 2)))
+
+
 def _random_weights(model, seed=0):
     """Kernels with a decaying spectrum (as trained ones have), so that rank matters."""
     rng = np.random.default_rng(seed)
@@ -128,7 +163,17 @@ MODELS = {
             "mlp/layers/2",
         },
     ),
+    "mobilenet": (
+        MobileNetV2ish,
+        lambda: _normal(4, (2, 16, 16, 3)),
+        {f"blocks/{b}/{c}" for b in (0, 1) for c in ("expand", "depthwise", "project")}
+        | {"grouped"},
+    ),
 }
+# A depthwise 3x3 kernel over C channels has 9C weights and few ranks between 1 and full
+# (Tucker-2: R (C + 9) + ...), so one rank step is ~10% of the layer: the budget is met
+# on the model's compressed total, and per layer within 25%.
+COARSE = ("depthwise",)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -137,12 +182,18 @@ def test_user_models_compress_to_the_requested_rate(name, fmt):
     build, example, expected = MODELS[name]
     model = _random_weights(build(nnx.Rngs(0)))
     x = example()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing left dense silently, every budget met
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         compressed, rows = compress_model(model, x, format=fmt, rate=0.3)
+    # nothing left dense silently; a budget missed by more than 10% only for depthwise kernels
+    messages = [str(w.message) for w in caught]
+    assert all("feature_group_count=64" in m for m in messages), messages  # the depthwise
     assert {r["name"] for r in rows} == expected
     for row in rows:
-        assert abs(row["fraction"] / 0.3 - 1) <= 0.1, row
+        coarse = any(c in row["name"] for c in COARSE)
+        assert abs(row["fraction"] / 0.3 - 1) <= (0.25 if coarse else 0.1), row
+    total = sum(r["params"] for r in rows) / sum(r["dense_params"] for r in rows)
+    assert abs(total / 0.3 - 1) <= 0.1, total
     y = compressed(x)
     assert y.shape == model(x).shape and bool(jnp.all(jnp.isfinite(y)))
     tensorized = [m for _, m in nnx.iter_graph(compressed) if isinstance(m, tnn.TensorLayer)]
@@ -156,7 +207,11 @@ def _full_ranks(model, fmt):
         name = "/".join(str(p) for p in path)
         if isinstance(m, nnx.Conv):
             *ks, n_in, n_out = m.kernel.shape
-            out[name] = conv_layout(n_in, n_out, tuple(ks), format=fmt, rank=1).max_ranks
+            g = m.feature_group_count
+            layout = conv_layout(
+                n_in * g, n_out, tuple(ks), format=fmt, rank=1, feature_group_count=g
+            )
+            out[name] = layout.max_ranks
         elif isinstance(m, nnx.Linear | nnx.LinearGeneral):
             n_in = int(np.prod(m.in_features))
             n_out = m.kernel.size // n_in
@@ -181,16 +236,19 @@ def test_at_full_rank_the_compressed_model_computes_the_original(name, fmt):
 
 
 class Mixed(nnx.Module):
-    """A depthwise conv (left dense, with the reason) and attention (converted)."""
+    """A masked conv (left dense, with the reason), a depthwise conv and attention
+    (converted)."""
 
     def __init__(self, rngs):
         self.conv = nnx.Conv(8, 8, kernel_size=(3, 3), rngs=rngs)
+        mask = jnp.ones((3, 3, 8, 8)).at[2].set(0.0)  # a causal-style kernel mask
+        self.masked = nnx.Conv(8, 8, kernel_size=(3, 3), mask=mask, rngs=rngs)
         self.depthwise = nnx.Conv(8, 8, kernel_size=(3, 3), feature_group_count=8, rngs=rngs)
         self.attention = nnx.MultiHeadAttention(2, 8, decode=False, rngs=rngs)
         self.fc = nnx.Linear(8, 4, rngs=rngs)
 
     def __call__(self, x):
-        x = self.depthwise(self.conv(x))
+        x = self.depthwise(self.masked(self.conv(x)))
         b, h, w, c = x.shape
         x = self.attention(x.reshape(b, h * w, c))
         return self.fc(jnp.mean(x, axis=1))
@@ -200,19 +258,21 @@ def test_layers_that_stay_dense_are_listed_with_the_reason():
     model = Mixed(nnx.Rngs(0))
     x = jnp.ones((1, 4, 4, 8))
     skipped = {s["name"]: s for s in skipped_layers(model)}
-    assert set(skipped) == {"depthwise"}
-    assert "feature_group_count=8" in skipped["depthwise"]["reason"]
-    with pytest.warns(UserWarning, match="stay dense: .*depthwise"):
+    assert set(skipped) == {"masked"}
+    assert "masked convolution" in skipped["masked"]["reason"]
+    with pytest.warns(UserWarning, match="stay dense: .*masked"):
         compressed, rows = compress_model(model, x, format="tt", rate=0.5, layers=["*"])
     attention = {f"attention/{p}" for p in ("query", "key", "value", "out")}
-    assert {r["name"] for r in rows} == {"conv", "fc"} | attention
-    assert isinstance(compressed.depthwise, nnx.Conv)
+    assert {r["name"] for r in rows} == {"conv", "depthwise", "fc"} | attention
+    assert isinstance(compressed.masked, nnx.Conv)
+    assert isinstance(compressed.depthwise, tnn.Conv)
+    assert compressed.depthwise.feature_group_count == 8
     assert isinstance(compressed.attention.query, tnn.LinearGeneral)
     assert compressed(x).shape == (1, 4)
     with pytest.raises(ValueError, match="stay dense"):
         compress_model(model, x, format="tt", rate=0.5, layers=["*"], on_skipped="raise")
-    with pytest.raises(ValueError, match="left dense: .*depthwise"):
-        compress_model(model, x, format="tt", rate=0.5, layers=["depthwise"], on_skipped="ignore")
+    with pytest.raises(ValueError, match="left dense: .*masked"):
+        compress_model(model, x, format="tt", rate=0.5, layers=["masked"], on_skipped="ignore")
 
 
 def test_rank_priors_and_pruning_reach_a_compressed_transformer():
@@ -244,3 +304,49 @@ def test_rank_priors_and_pruning_reach_a_compressed_transformer():
     assert all(r["params_after"] < r["params_before"] for r in report.values())
     assert isinstance(pruned.attention.query, tnn.LinearGeneral)
     np.testing.assert_allclose(pruned(ids), compressed(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_rank_priors_and_pruning_reach_depthwise_and_grouped_convs():
+    """Tucker-2 depthwise/grouped convs of a MobileNet-style model get rank groups (their
+    output and input ranks) and prune exactly when the lambdas switch ranks off."""
+    from tnjax import bayes
+
+    model = _random_weights(MobileNetV2ish(nnx.Rngs(0)))
+    x = MODELS["mobilenet"][1]()
+    compressed, rows = compress_model(model, x, format="tucker", rank=4)
+    names = {name for name, _ in bayes.tensor_layers(compressed)}
+    assert {"blocks/0/depthwise", "grouped"} <= names
+    cut = {}
+    for name, layer in bayes.tensor_layers(compressed):
+        groups = bayes.rank_groups(layer)
+        cut[name] = [jnp.where(jnp.arange(g.size) < max(1, g.size // 2), 1.0, 0.0) for g in groups]
+        for group, lam in zip(groups, cut[name], strict=True):
+            for core_index, axis in group.slices + group.prune_only:
+                core = layer.cores[core_index]
+                shape = [1] * core.ndim
+                shape[axis] = -1
+                core[...] = core[...] * lam.reshape(shape)
+    pruned, report, _ = bayes.prune_model(compressed, cut)
+    assert report["grouped"]["params_after"] < report["grouped"]["params_before"]
+    assert pruned.grouped.feature_group_count == 4
+    np.testing.assert_allclose(pruned(x), compressed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_random_init_builds_the_same_tensorized_structure_to_train_from_scratch():
+    """init="random": the layers a decomposition would create, with random cores at Flax's
+    default scale (no decomposition), so a model written elsewhere trains tensorized from
+    the start."""
+    model = _random_weights(Encoder(nnx.Rngs(0)))
+    ids = MODELS["encoder"][1]()
+    decomposed, rows = compress_model(model, ids, format="ttm", rate=0.3)
+    fresh, fresh_rows = compress_model(model, ids, format="ttm", rate=0.3, init="random")
+    assert [(r["name"], r["ranks"]) for r in rows] == [(r["name"], r["ranks"]) for r in fresh_rows]
+    a, b = decomposed.attention.query, fresh.attention.query
+    assert [c.shape for c in a.cores] == [c.shape for c in b.cores]
+    assert not np.allclose(a.kernel(), b.kernel(), atol=1e-3)
+    # the reconstructed kernel has the dense initialiser's scale (LeCun normal: 1/sqrt(fan_in))
+    std = float(jnp.std(fresh.mlp.layers[0].kernel()))
+    assert 0.5 / np.sqrt(32) < std < 2.0 / np.sqrt(32), std
+    assert bool(jnp.all(jnp.isfinite(fresh(ids))))
+    with pytest.raises(ValueError, match="init='svd'"):
+        compress_model(model, ids, format="ttm", rate=0.3, init="svd")

@@ -3,17 +3,19 @@
     compressed, rows = compress_model(model, jnp.zeros((1, 28, 28, 1)), format="rcp", rate=0.1)
 
 Every eligible dense layer (`nnx.Linear`, `nnx.LinearGeneral` (the projections of
-`nnx.MultiHeadAttention`), `nnx.Conv` with 1, 2 or 3 spatial dimensions, `nnx.Embed`),
+`nnx.MultiHeadAttention`), `nnx.Einsum` (a kernel contracted with the input), `nnx.Conv`
+with 1, 2 or 3 spatial dimensions, grouped or depthwise, `nnx.Embed`),
 wherever it sits in the model (nested modules, lists, dicts), is replaced by the tnjax layer
 of the requested format, initialised by decomposing its kernel (`tnjax.nn.Linear.from_linear`,
-`tnjax.nn.LinearGeneral.from_linear_general`, `tnjax.nn.Conv.from_conv`,
+`tnjax.nn.LinearGeneral.from_linear_general`, `tnjax.nn.Einsum.from_einsum`,
+`tnjax.nn.Conv.from_conv`,
 `tnjax.nn.Embed.from_embed`:
 CP-ALS for CP/RCP, HOOI for Tucker/RTK, TT-SVD for TT/RTT, TR-SVD for TR/RTR; reshaped
 formats factorise channels into output/input mode pairs that share a core). Biases, batch
 norm and every other variable are carried over unchanged. By default every layer is
 eligible except the first conv and the last dense layer in call order (the paper's
 convention: they are small and sensitive). Layers with a kernel that cannot be converted
-(grouped or masked convolutions, `nnx.Einsum`, ...) are listed with
+(masked convolutions, an `nnx.Einsum` with a kernel per batch index, ...) are listed with
 the reason by `skipped_layers`, and `compress_model` warns about them.
 """
 
@@ -30,6 +32,7 @@ from flax import nnx
 from tnjax import nn as tnn
 from tnjax.formats.weights import spatial_ints
 from tnjax.nn._common import TensorLayer
+from tnjax.nn.einsum import einsum_structure
 from tnjax.nn.graph import NAME_ATTR, layer_name, replace_module
 from tnjax.nn.report import layer_report
 
@@ -42,7 +45,7 @@ __all__ = [
     "COMPRESS_FORMATS",
 ]
 
-_CONVERTED = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.Embed)
+_CONVERTED = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv, nnx.Embed)
 
 # Names accepted for the formats (the TNN paper's "TK" is Tucker).
 FORMAT_ALIASES = {"tk": "tucker", "rtucker": "rtk"}
@@ -77,11 +80,6 @@ def unsupported_reason(module: nnx.Module) -> str | None:
         n = module.kernel.ndim - 2
         if not 1 <= n <= 3:
             return f"a {n}-D convolution: tnjax.nn.Conv has 1 to 3 spatial dimensions"
-        if module.feature_group_count != 1:
-            return (
-                f"a grouped convolution (feature_group_count={module.feature_group_count}): "
-                "tnjax.nn.Conv has no feature groups"
-            )
         if module.mask is not None:
             return "a masked convolution (mask=): tnjax.nn.Conv has no kernel mask"
         if set(spatial_ints(module.input_dilation or 1, n, "input_dilation")) != {1}:
@@ -89,11 +87,19 @@ def unsupported_reason(module: nnx.Module) -> str | None:
         return None
     if isinstance(module, nnx.LinearGeneral) and module.batch_axis:
         return f"an nnx.LinearGeneral with batch_axis={dict(module.batch_axis)}"
+    if isinstance(module, nnx.Einsum):
+        if module.einsum_str is None:
+            return "an nnx.Einsum whose einsum_str is given at call time"
+        try:
+            einsum_structure(module.einsum_str, module.kernel.ndim)
+        except ValueError as e:
+            return str(e)
+        return None
     if isinstance(module, _CONVERTED):
         return None
     return (
         f"{type(module).__name__} is not a layer kind tnjax converts "
-        "(Linear, LinearGeneral, Conv, Embed)"
+        "(Linear, LinearGeneral, Einsum, Conv, Embed)"
     )
 
 
@@ -183,6 +189,7 @@ def compress_model(
     num_modes: int | None = None,
     key: jax.Array | None = None,
     on_skipped: str = "warn",
+    init: str = "decompose",
 ) -> tuple[nnx.Module, list[dict[str, Any]]]:
     """A copy of `model` whose eligible layers are decomposed into tensor formats.
 
@@ -200,6 +207,9 @@ def compress_model(
       on_skipped: what to do about layers with a kernel that stay dense because they
         cannot be converted (`skipped_layers`): "warn" (one warning listing them and why),
         "raise" (ValueError) or "ignore".
+      init: "decompose" (the trained kernels' decompositions) or "random" (random cores at
+        Flax's default scale: the same tensorized structure, to train from scratch, e.g.
+        with `tnjax.bayes` rank priors on a model written elsewhere).
 
     Returns:
       (compressed model, one dict per compressed layer: name, kind, format, ranks, params,
@@ -207,6 +217,8 @@ def compress_model(
     """
     if (rate is None) == (rank is None):
         raise ValueError("give exactly one of rate= or rank=")
+    if init not in ("decompose", "random"):
+        raise ValueError(f"init={init!r}: use 'decompose' or 'random'")
     if on_skipped not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_skipped={on_skipped!r}: use 'warn', 'raise' or 'ignore'")
     key = jax.random.key(0) if key is None else key
@@ -228,17 +240,19 @@ def compress_model(
             budget["rank"] = _per_layer(rank, name, "rank")
         if num_modes is not None:
             budget["num_modes"] = num_modes
-        rngs = nnx.Rngs(jax.random.fold_in(key, i))
+        budget.update(rngs=nnx.Rngs(jax.random.fold_in(key, i)), decompose=init == "decompose")
         if isinstance(module, nnx.Conv):
             if fmt == "ttm":
                 raise ValueError(f"layer {name!r} is a conv: 'ttm' is for Linear layers; use rtt")
-            new = tnn.Conv.from_conv(module, format=fmt, rngs=rngs, **budget)
+            new = tnn.Conv.from_conv(module, format=fmt, **budget)
         elif isinstance(module, nnx.Embed):
-            new = tnn.Embed.from_embed(module, format=fmt, rngs=rngs, **budget)
+            new = tnn.Embed.from_embed(module, format=fmt, **budget)
         elif isinstance(module, nnx.LinearGeneral):
-            new = tnn.LinearGeneral.from_linear_general(module, format=fmt, rngs=rngs, **budget)
+            new = tnn.LinearGeneral.from_linear_general(module, format=fmt, **budget)
+        elif isinstance(module, nnx.Einsum):
+            new = tnn.Einsum.from_einsum(module, format=fmt, **budget)
         else:
-            new = tnn.Linear.from_linear(module, format=fmt, rngs=rngs, **budget)
+            new = tnn.Linear.from_linear(module, format=fmt, **budget)
         setattr(new, NAME_ATTR, name)
         replace_module(new_model, path, new)
         rows.append(

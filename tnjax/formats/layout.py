@@ -121,6 +121,11 @@ class Layout:
       max_ranks: the largest useful size of each bond, in `bonds` order.
       decompose_options: keyword options of the family's `weight_from_dense` (e.g. CP's
         `refit_largest` for convolutions).
+      groups: feature groups of a grouped convolution (`feature_group_count`). With G > 1
+        the first output axis is the group axis (size G): the kernel is
+        (spatial..., in_features / G, out_features) as in `nnx.Conv`, out_features = G x the
+        per-group outputs, and the group axis is shared by x and y in the contraction (each
+        group's outputs see only its own inputs).
     """
 
     kind: str
@@ -142,6 +147,7 @@ class Layout:
     fixed_cores: tuple[int, ...]
     max_ranks: tuple[int, ...]
     decompose_options: tuple[tuple[str, Any], ...] = ()
+    groups: int = 1
 
     # ------------------------------------------------------------------ sizes and shapes
 
@@ -186,6 +192,21 @@ class Layout:
     features_padded = out_padded
 
     @property
+    def group_axes(self) -> tuple[str, ...]:
+        """The group axis of a grouped convolution ((), without groups)."""
+        return self.outputs[:1] if self.groups > 1 else ()
+
+    @property
+    def kernel_in_features(self) -> int:
+        """The kernel's input size: in_features, or in_features / groups when grouped."""
+        return self.in_features // self.groups
+
+    @property
+    def x_modes(self) -> tuple[int, ...]:
+        """The input's feature axes in the contraction: (groups,) + in_modes when grouped."""
+        return tuple(self._size[n] for n in self.group_axes) + self.in_modes
+
+    @property
     def kernel_axes(self) -> tuple[str, ...]:
         """The padded kernel's axes: spatial, then input, then output modes."""
         return self.spatial + self.inputs + self.outputs
@@ -193,7 +214,7 @@ class Layout:
     @property
     def dense_shape(self) -> tuple[int, ...]:
         """The dense weight this replaces: (in, out), (kh, kw, in, out) or (V, E)."""
-        return self.kernel_size + (self.in_features, self.out_features)
+        return self.kernel_size + (self.kernel_in_features, self.out_features)
 
     @property
     def dense_params(self) -> int:
@@ -204,7 +225,7 @@ class Layout:
         """Fan-in of the dense initialiser: the features for Embed, else kernel * inputs."""
         if self.kind == "embed":
             return self.out_features
-        return math.prod(self.kernel_size) * self.in_features
+        return math.prod(self.kernel_size) * self.kernel_in_features
 
     @property
     def tensor_shape(self) -> tuple[int, ...]:
@@ -261,7 +282,7 @@ class Layout:
         """The forward `contract` spec: x (Z, spatial..., inputs...) and the operands ->
         (Z, spatial..., outputs...); spatial modes are convolved."""
         spatial = self.term(self.spatial)
-        x = BATCH + spatial + self.term(self.inputs)
+        x = BATCH + spatial + self.term(self.group_axes + self.inputs)
         y = BATCH + spatial + self.term(self.outputs)
         conv = f"|{spatial}" if spatial else ""
         return f"{x},{','.join(self.core_terms())}->{y}{conv}"
@@ -359,7 +380,7 @@ class Layout:
     def kernel_to_tensor(self, kernel: jax.Array) -> jax.Array:
         """Dense kernel (`dense_shape`) -> the tensor the family decomposes (zero-padded)."""
         pads = [(0, 0)] * len(self.spatial) + [
-            (0, self.in_padded - self.in_features),
+            (0, self.in_padded - self.kernel_in_features),
             (0, self.out_padded - self.out_features),
         ]
         split = jnp.pad(kernel, pads).reshape(tuple(self.size(n) for n in self.kernel_axes))
@@ -414,7 +435,7 @@ class Layout:
         operands = [c.reshape(s) for c, s in zip(cores, self.operand_shapes, strict=True)]
         w = contract(self.kernel_spec, *operands)
         w = w.reshape(self.kernel_size + (self.in_padded, self.out_padded))
-        return w[..., : self.in_features, : self.out_features]
+        return w[..., : self.kernel_in_features, : self.out_features]
 
 
 # --------------------------------------------------------------------------- building helpers
@@ -679,6 +700,7 @@ def build(
     split_stored: bool = True,
     rank_order: Sequence[int] | None = None,
     decompose_options: dict[str, Any] | None = None,
+    groups: int = 1,
 ) -> Layout:
     """A layout with every rank 1 (set them with `with_ranks` or `resolve_ranks`).
 
@@ -692,6 +714,7 @@ def build(
       rank_order: the family's bonds in the user's `rank=` order (indices into the
         family's `bonds`); default the family's own order.
       decompose_options: options of the family's `weight_from_dense`.
+      groups: feature groups (conv); `outputs` then starts with the group axis.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown format family {family!r}; known: {tuple(FAMILIES)}")
@@ -724,4 +747,5 @@ def build(
         fixed_cores=structure.fixed_cores,
         max_ranks=tuple(max_of[b] for b in bonds),
         decompose_options=tuple(sorted((decompose_options or {}).items())),
+        groups=int(groups),
     )

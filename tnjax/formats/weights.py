@@ -300,15 +300,24 @@ def conv_layout(
     in_modes: Sequence[int] | None = None,
     out_modes: Sequence[int] | None = None,
     padded_modes: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    feature_group_count: int = 1,
 ) -> Layout:
-    """The layout of a tensorized (k_1..k_n, in_features, out_features) Conv kernel, n = 1,
-    2 or 3 spatial dimensions (an int `kernel_size` is a square 2-D kernel).
+    """The layout of a tensorized (k_1..k_n, in_features / G, out_features) Conv kernel,
+    n = 1, 2 or 3 spatial dimensions (an int `kernel_size` is a square 2-D kernel), G =
+    `feature_group_count` (1: an ordinary convolution).
 
-    Args are those of `tnjax.nn.Conv`; `padded_modes` re-uses channel modes resolved before.
+    A grouped kernel is decomposed as the (k_1..k_n, S / G, T) kernel it is (as stored by
+    `nnx.Conv`), with its output channel split into (G, T / G), the group axis also indexing
+    the input's channel groups; the reshaped formats factor S / G and T / G into modes
+    (the group axis joins the first output mode). Depthwise convolutions are G = S.
+
+    Args are those of `tnjax.nn.Conv`; `padded_modes` re-uses channel modes resolved before
+    (per group when grouped).
 
     Raises:
       ValueError: unknown format, both or neither of rank/compression, modes that do not
-        multiply to the channel counts, ranks beyond what the kernel allows.
+        multiply to the channel counts (exactly, per group, when grouped), channels that
+        G does not divide, ranks beyond what the kernel allows.
     """
     if format not in CONV_FORMATS:
         raise ValueError(
@@ -320,6 +329,13 @@ def conv_layout(
         raise ValueError(
             f"kernel_size {kernel_size} and features ({in_features}, {out_features}) must be >= 1"
         )
+    groups = int(feature_group_count)
+    if groups < 1 or in_features % groups or out_features % groups:
+        raise ValueError(
+            f"feature_group_count={feature_group_count} must be >= 1 and divide both "
+            f"in_features={in_features} and out_features={out_features}"
+        )
+    group_in, group_out = in_features // groups, out_features // groups
     if format in PLAIN_CONV_FORMATS:
         if in_modes is not None or out_modes is not None:
             reshaped = RESHAPED_CONV_FORMATS[PLAIN_CONV_FORMATS.index(format)]
@@ -327,27 +343,37 @@ def conv_layout(
                 f"in_modes/out_modes apply to the reshaped formats {RESHAPED_CONV_FORMATS}, "
                 f"not to format={format!r}; drop them or use format={reshaped!r}"
             )
-        ins_sizes, outs_sizes = (in_features,), (out_features,)
+        ins_sizes, outs_sizes = (group_in,), (group_out,)
     else:
         ins_sizes, outs_sizes = _feature_modes(
-            in_features, out_features, in_modes, out_modes, num_modes, padded_modes
+            group_in, group_out, in_modes, out_modes, num_modes, padded_modes
         )
+        if groups > 1 and (math.prod(ins_sizes), math.prod(outs_sizes)) != (group_in, group_out):
+            raise ValueError(
+                f"a grouped {format!r} conv (feature_group_count={groups}) needs channel modes "
+                f"that multiply exactly to the per-group channels ({group_in}, {group_out}); "
+                f"the modes {ins_sizes} x {outs_sizes} pad them: pass in_modes/out_modes"
+            )
     m = len(ins_sizes)
     if m > _MAX_CONV_MODES:
         raise ValueError(f"at most {_MAX_CONV_MODES} channel modes are supported, got {m}")
     names = SPATIAL_AXES[len(kernel_size)]
     spatial = list(zip(names, kernel_size, strict=True))
     ins, outs = _named("in", ins_sizes), _named("out", outs_sizes)
+    # the output channel of a grouped kernel is (group, per-group output): the group axis
+    # joins the first output mode wherever that is
+    first_out = ("grp", "out0") if groups > 1 else ("out0",)
     absorbed: tuple[int, ...] = ()
     rank_order = None
     if format in ("cp", "tucker"):
-        modes = [(a,) for a in names] + [("in0",), ("out0",)]
+        modes = [(a,) for a in names] + [("in0",), first_out]
         if format == "tucker":  # Tucker-2; the user lists (output, input) ranks
             absorbed, rank_order = tuple(range(len(names))), (1, 0)
     elif format in ("tt", "tr"):
-        modes = [("out0",)] + [(a,) for a in names] + [("in0",)]
+        modes = [first_out] + [(a,) for a in names] + [("in0",)]
     else:
         modes = [(o, i) for (i, _), (o, _) in zip(ins, outs, strict=True)] + [names]
+        modes[0] = first_out + ("in0",)
         if format == "rtk":  # the spatial rank R_0 first
             rank_order = (m,) + tuple(range(m))
     layout = build(
@@ -356,7 +382,7 @@ def conv_layout(
         family=_FAMILY[format],
         spatial=spatial,
         inputs=ins,
-        outputs=outs,
+        outputs=([("grp", groups)] if groups > 1 else []) + outs,
         in_features=in_features,
         out_features=out_features,
         tensor_modes=modes,
@@ -364,9 +390,12 @@ def conv_layout(
         split_stored=False,
         rank_order=rank_order,
         decompose_options={"refit_largest": True} if format in ("cp", "rcp") else None,
+        groups=groups,
     )
-    what = f"Conv({in_features}, {out_features}, kernel_size={kernel_size}, format={format!r}" + (
-        f", modes {ins_sizes} x {outs_sizes})" if format in RESHAPED_CONV_FORMATS else ")"
+    what = (
+        f"Conv({in_features}, {out_features}, kernel_size={kernel_size}, format={format!r}"
+        + (f", feature_group_count={groups}" if groups > 1 else "")
+        + (f", modes {ins_sizes} x {outs_sizes})" if format in RESHAPED_CONV_FORMATS else ")")
     )
     rank_names = _conv_rank_names(format, m, len(kernel_size))
     return resolve_ranks(layout, rank, compression, what=what, rank_names=rank_names)

@@ -107,7 +107,7 @@ class TensorLayer(nnx.Module):
         self.cores = nnx.List([Core(jnp.asarray(c, param_dtype)) for c in cores])
         bias = None
         if args.get("use_bias", False):
-            shape = (layout.out_features,)
+            shape = tuple(args.get("bias_shape") or (layout.out_features,))
             bias = nnx.Param(args["bias_init"](args["rngs"].params(), shape, param_dtype))
         self.bias = bias
 
@@ -226,6 +226,18 @@ class TensorLayer(nnx.Module):
         if bias is not None:
             layer.bias[...] = jnp.asarray(bias, layer.param_dtype)
         return layer
+
+    @staticmethod
+    def _initial_cores(
+        layout: Layout, dense: jax.typing.ArrayLike, rngs: nnx.Rngs, decompose: bool
+    ) -> list[jax.Array]:
+        """The cores a `from_...` converter starts from: the decomposition of the trained
+        weight `dense` (`layout.dense_shape`), or with `decompose=False` random cores at
+        Flax's default kernel scale (the layer's structure without its values: for training
+        a tensorized model from scratch, e.g. with rank priors)."""
+        if decompose:
+            return layout.from_dense(dense, rngs.params(), rngs.params())
+        return functional.init(layout, rngs.params())
 
     @classmethod
     def _resolve_layout(cls, args: dict[str, Any], *sizes: Any) -> Layout:

@@ -87,6 +87,11 @@ class Conv(TensorLayer):
       padding: "SAME", "VALID", "CIRCULAR", "REFLECT", an int, or one int or (low, high)
         pair per spatial dimension, as in `nnx.Conv`.
       kernel_dilation: int or one per spatial dimension.
+      feature_group_count: G, as in `nnx.Conv`: the channels split into G groups, each
+        group's outputs computed from its own inputs (G = in_features: depthwise). The
+        kernel is (kh, kw, S / G, T); every format decomposes it with the output channel
+        split into (G, T / G), the group axis shared with the input in the contraction
+        (reshaped formats factor the per-group channels S / G and T / G, exactly).
       format: one of "cp", "tucker", "tt", "tr", "rcp", "rtk", "rtt", "rtr".
       rank: int (the same for every bond, clipped to what each bond allows) or a tuple in
         the format's order: cp/rcp (R,); tucker (R1, R2) = (output, input) ranks; tt
@@ -114,7 +119,15 @@ class Conv(TensorLayer):
     """
 
     _KIND = "conv"
-    _LAYOUT_ARGS = ("format", "rank", "compression", "num_modes", "in_modes", "out_modes")
+    _LAYOUT_ARGS = (
+        "format",
+        "rank",
+        "compression",
+        "num_modes",
+        "in_modes",
+        "out_modes",
+        "feature_group_count",
+    )
     _LAYOUT_FN = staticmethod(conv_layout)
 
     def __init__(
@@ -126,6 +139,7 @@ class Conv(TensorLayer):
         *,
         padding: Any = "SAME",
         kernel_dilation: int | Sequence[int] = 1,
+        feature_group_count: int = 1,
         format: str,
         rank: int | Sequence[int] | None = None,
         compression: float | None = None,
@@ -218,7 +232,9 @@ class Conv(TensorLayer):
         num_modes: int | None = None,
         in_modes: Sequence[int] | None = None,
         out_modes: Sequence[int] | None = None,
+        feature_group_count: int | None = None,
         rngs: nnx.Rngs | None = None,
+        decompose: bool = True,
         **kwargs: Any,
     ) -> Conv:
         """Tensorized layer initialised by decomposing a trained kernel.
@@ -232,25 +248,35 @@ class Conv(TensorLayer):
         layer reproduces the original.
 
         Args:
-          conv_or_kernel: an `nnx.Conv` (1-, 2- or 3-D, no groups, no input dilation, no
-            mask; its kernel, bias, strides, padding, kernel dilation, dtype, param_dtype
-            and precision are used) or a kernel array (k_1..k_n, in, out), n = 1, 2 or 3.
+          conv_or_kernel: an `nnx.Conv` (1-, 2- or 3-D, grouped or not, no input dilation, no
+            mask; its kernel, bias, strides, padding, kernel dilation, feature groups, dtype,
+            param_dtype and precision are used) or a kernel array (k_1..k_n, in / G, out),
+            n = 1, 2 or 3.
           format, rank, compression, num_modes, in_modes, out_modes: as in `Conv`.
+          feature_group_count: G (default: the conv's, or 1 for a kernel array).
           bias: bias (out,) (overrides the conv's).
           strides, padding, kernel_dilation: override the conv's; for a kernel array they
             default to 1, "SAME", 1.
           rngs: keys of the decomposition (default `nnx.Rngs(0)`).
+          decompose: False: random cores at Flax's default scale instead of the
+            decomposition (the structure, bias and options of the trained layer).
           **kwargs: other `Conv` arguments (dtype, precision, optimize, ...).
         """
         conv_kwargs: dict[str, Any] = {"strides": 1, "padding": "SAME", "kernel_dilation": 1}
         if isinstance(conv_or_kernel, nnx.Conv):
             src = conv_or_kernel
-            if src.feature_group_count != 1 or src.mask is not None:
+            if src.mask is not None:
                 raise ValueError(
-                    "from_conv supports convolutions without feature groups or masks; got "
-                    f"feature_group_count={src.feature_group_count}, mask="
-                    f"{None if src.mask is None else src.mask.shape}"
+                    f"from_conv supports convolutions without masks; got a mask of shape "
+                    f"{src.mask.shape}"
                 )
+            if feature_group_count not in (None, src.feature_group_count):
+                raise ValueError(
+                    f"from_conv: feature_group_count={feature_group_count} differs from the "
+                    f"conv's {src.feature_group_count} (its kernel {src.kernel.shape} is grouped "
+                    "by the conv's own count)"
+                )
+            feature_group_count = src.feature_group_count
             kernel = src.kernel[...]
             dilation = spatial_ints(src.input_dilation or 1, kernel.ndim - 2, "input_dilation")
             if set(dilation) != {1}:
@@ -281,10 +307,11 @@ class Conv(TensorLayer):
                 conv_kwargs[name] = value
         conv_kwargs.update(kwargs)
         rngs = rngs or nnx.Rngs(0)
+        feature_group_count = feature_group_count or 1
         *spatial, n_in, n_out = (int(n) for n in kernel.shape)
-        layout = cls._resolve_layout(locals(), n_in, n_out, tuple(spatial))
+        layout = cls._resolve_layout(locals(), n_in * feature_group_count, n_out, tuple(spatial))
         with jax.named_scope("tnjax.nn.Conv.from_conv"):
-            cores = layout.from_dense(
-                jnp.asarray(kernel, jnp.float32), rngs.params(), rngs.params()
-            )
-        return cls.from_cores(layout, cores, bias, **conv_kwargs)
+            cores = cls._initial_cores(layout, jnp.asarray(kernel, jnp.float32), rngs, decompose)
+        return cls.from_cores(
+            layout, cores, bias, feature_group_count=feature_group_count, **conv_kwargs
+        )

@@ -186,6 +186,7 @@ class Embed(TensorLayer):
         vocab_modes: Sequence[int] | None = None,
         feature_modes: Sequence[int] | None = None,
         rngs: nnx.Rngs | None = None,
+        decompose: bool = True,
         **kwargs: Any,
     ) -> Embed:
         """Tensorized layer initialised by decomposing a trained table.
@@ -200,6 +201,8 @@ class Embed(TensorLayer):
           embed_or_table: an `nnx.Embed` or a (V, E) array.
           format, rank, compression, num_modes, vocab_modes, feature_modes: as in `Embed`.
           rngs: keys for the decomposition (default `nnx.Rngs(0)`).
+          decompose: False: random cores at Flax's default scale instead of the
+            decomposition (the structure, bias and options of the trained layer).
           **kwargs: other `Embed` arguments (dtype, param_dtype, optimize).
         """
         if isinstance(embed_or_table, nnx.Embed):
@@ -211,5 +214,5 @@ class Embed(TensorLayer):
             raise ValueError(f"expected a table (num_embeddings, features), got {table.shape}")
         rngs = rngs or nnx.Rngs(0)
         layout = cls._resolve_layout(locals(), *table.shape)
-        cores = layout.from_dense(table, rngs.params(), rngs.params())
+        cores = cls._initial_cores(layout, table, rngs, decompose)
         return cls.from_cores(layout, cores, **kwargs)

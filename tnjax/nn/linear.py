@@ -141,6 +141,7 @@ class Linear(TensorLayer):
         out_modes: Sequence[int] | None = None,
         num_modes: int | None = None,
         rngs: nnx.Rngs | None = None,
+        decompose: bool = True,
         **kwargs: Any,
     ) -> Linear:
         """Tensorized layer initialised by decomposing a trained kernel.
@@ -151,6 +152,8 @@ class Linear(TensorLayer):
           format, rank, compression, in_modes, out_modes, num_modes: as in `Linear`.
           bias: bias (out,) when a kernel array is given.
           rngs: keys of the decomposition (default `nnx.Rngs(0)`).
+          decompose: False: random cores at Flax's default scale instead of the
+            decomposition (the structure, bias and options of the trained layer).
           **kwargs: other `Linear` arguments (dtype, precision, optimize, ...).
 
         The kernel is zero-padded to the padded modes, reshaped to (I_1..I_d, J_1..J_d)
@@ -171,5 +174,5 @@ class Linear(TensorLayer):
         rngs = rngs or nnx.Rngs(0)
         layout = cls._resolve_layout(locals(), *kernel.shape)
         with jax.named_scope("tnjax.nn.Linear.from_linear"):
-            cores = layout.from_dense(kernel, rngs.params(), rngs.params())
+            cores = cls._initial_cores(layout, kernel, rngs, decompose)
         return cls.from_cores(layout, cores, bias, **kwargs)

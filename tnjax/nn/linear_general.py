@@ -159,12 +159,14 @@ class LinearGeneral(TensorLayer):
         out_modes: Sequence[int] | None = None,
         num_modes: int | None = None,
         rngs: nnx.Rngs | None = None,
+        decompose: bool = True,
         **kwargs: Any,
     ) -> LinearGeneral:
         """Tensorized layer initialised by decomposing a trained `nnx.LinearGeneral`'s
         kernel, flattened to (prod in_features, prod out_features) (see
         `tnjax.nn.Linear.from_linear`); its axis, bias, dtypes and precision are kept. At full
         rank the layer reproduces the original.
+        `decompose=False` gives random cores at Flax's default scale instead.
 
         Raises:
           ValueError: the layer has a `batch_axis`.
@@ -179,7 +181,7 @@ class LinearGeneral(TensorLayer):
         rngs = rngs or nnx.Rngs(0)
         layout = cls._resolve_layout(locals(), n_in, n_out)
         with jax.named_scope("tnjax.nn.LinearGeneral.from_linear_general"):
-            cores = layout.from_dense(kernel.reshape(n_in, n_out), rngs.params(), rngs.params())
+            cores = cls._initial_cores(layout, kernel.reshape(n_in, n_out), rngs, decompose)
         bias = None if layer.bias is None else layer.bias[...].reshape(-1)
         kwargs = {
             "dtype": layer.dtype,

@@ -28,14 +28,16 @@ __all__ = ["layer_report", "model_report", "count_params", "compiled_flops", "LA
 LAYER_KINDS: dict[type, str] = {
     nnx.Linear: "linear",
     nnx.LinearGeneral: "linear",
+    nnx.Einsum: "linear",
     nnx.Conv: "conv",
     nnx.Embed: "embed",
     tnn.Linear: "linear",
     tnn.LinearGeneral: "linear",
+    tnn.Einsum: "linear",
     tnn.Conv: "conv",
     tnn.Embed: "embed",
 }
-_TENSORIZED = (tnn.Linear, tnn.LinearGeneral, tnn.Conv, tnn.Embed)
+_TENSORIZED = (tnn.Linear, tnn.LinearGeneral, tnn.Einsum, tnn.Conv, tnn.Embed)
 
 
 def _kind(module: Any) -> str | None:
@@ -86,6 +88,11 @@ def _record_calls(model: nnx.Module, example_inputs: tuple) -> list[tuple[tuple,
 
 
 def _dense_cost(module: nnx.Module, kind: str, in_shape: tuple, out_shape: tuple) -> dict:
+    if isinstance(module, nnx.Einsum):  # every output entry sums over the contracted labels
+        params = math.prod(module.kernel.shape)
+        out_size = math.prod(module.kernel.shape[i] for i in _einsum_output_axes(module))
+        contracted = params // out_size
+        return {"params": params, "dense_flops": 2 * math.prod(out_shape) * contracted}
     if kind == "linear":  # nnx.Linear, or nnx.LinearGeneral with several feature axes
         n_in = int(np.prod(module.in_features))
         n_out = math.prod(module.kernel.shape) // n_in
@@ -98,6 +105,15 @@ def _dense_cost(module: nnx.Module, kind: str, in_shape: tuple, out_shape: tuple
         positions = math.prod(out_shape[:-1]) if len(out_shape) > n else 0
         return {"params": params, "dense_flops": 2 * positions * params}
     return {"params": math.prod(module.embedding.shape), "dense_flops": 0}
+
+
+def _einsum_output_axes(module: nnx.Einsum) -> list[int]:
+    """The kernel axes of an nnx.Einsum whose labels are in its output (all, if unknown)."""
+    text = (module.einsum_str or "").replace(" ", "")
+    if text.count("->") != 1 or "," not in text:
+        return list(range(module.kernel.ndim))
+    kernel_term, y_term = text.split("->")[0].split(",")[1], text.split("->")[1]
+    return [i for i, c in enumerate(kernel_term) if c in y_term]
 
 
 def layer_report(model: nnx.Module, *example_inputs: Any) -> list[dict[str, Any]]:
