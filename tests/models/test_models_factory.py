@@ -109,7 +109,16 @@ def test_dense_spec_ignores_tensor_keys_and_passes_flax_ones():
 
 
 def test_create_model_registry_and_errors():
-    assert MODELS == {"lenet5", "resnet20", "resnet32", "resnet56", "resnet50", "mlp", "dlrm", "vit"}
+    assert MODELS == {
+        "lenet5",
+        "resnet20",
+        "resnet32",
+        "resnet56",
+        "resnet50",
+        "mlp",
+        "dlrm",
+        "vit",
+    }
     with pytest.raises(ValueError, match="unknown model 'resnet18'.*lenet5"):
         create_model("resnet18", rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match=r"\['depth', 'hidden'\]"):
