@@ -60,8 +60,11 @@ def _rel_err(got, want):
     return float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize(
+    "fmt, case",
+    [(f, c) for f in FORMATS for c in range(len(CASES))]
+    + [(f, c) for f in ("rcp", "rtk", "rtt", "rtr") for c in (0, 2)],  # the reshaped formats
+)
 def test_from_einsum_is_exact_at_full_rank(fmt, case):
     einsum_str, kernel_shape, bias_shape, shape = CASES[case]
     src = _source(case)
