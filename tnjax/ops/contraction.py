@@ -52,7 +52,6 @@ __all__ = [
 
 Path = tuple[tuple[int, ...], ...]
 
-_LETTERS = frozenset(string.ascii_letters)
 _AUTOTUNE_ROUNDS = 7
 _DP_MAX_OPERANDS = 10  # 3**10 subset splits: well under a second of planning.
 
@@ -164,14 +163,35 @@ class _Problem:
         return dict(self.sizes[operand])[mode]
 
 
+def _spare_modes(used: set[str], count: int) -> list[str]:
+    """`count` mode letters not in `used`: ASCII letters from the end, then opt_einsum's."""
+    spare = [c for c in reversed(string.ascii_letters) if c not in used]
+    i = 0
+    while len(spare) < count:
+        c = opt_einsum.get_symbol(i)
+        if c not in used and c not in spare and c.isalpha():
+            spare.append(c)
+        i += 1
+    return spare[:count]
+
+
+def _implicit_output(terms: Sequence[str], first: str = "") -> str:
+    """numpy's implicit output: `first` (the ellipsis modes), then the modes that appear
+    exactly once, sorted."""
+    counts: dict[str, int] = {}
+    for t in terms:
+        for c in t:
+            counts[c] = counts.get(c, 0) + 1
+    return first + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in first))
+
+
 def _expand_ellipsis(terms: list[str], output: str | None, ndims: Sequence[int]):
     used = set("".join(terms) + (output or ""))
-    spare = [c for c in reversed(string.ascii_letters) if c not in used]
     max_ell = 0
     for term, nd in zip(terms, ndims, strict=True):
         if "..." in term:
             max_ell = max(max_ell, nd - (len(term) - 3))
-    ell = "".join(spare[:max_ell][::-1])
+    ell = "".join(_spare_modes(used, max_ell)[::-1])
     new_terms = []
     for term, nd in zip(terms, ndims, strict=True):
         if "..." in term:
@@ -183,9 +203,126 @@ def _expand_ellipsis(terms: list[str], output: str | None, ndims: Sequence[int])
             new_terms.append(term)
     if output is not None and "..." in output:
         output = output.replace("...", ell)
-    elif output is None:
-        output = None
+    elif output is None:  # numpy: the broadcast (ellipsis) dimensions lead the output
+        output = _implicit_output(new_terms, ell)
     return new_terms, output, ell
+
+
+def _is_mode(c: str) -> bool:
+    return c.isalpha()
+
+
+def canonical_spec(
+    spec: str, shapes: Sequence[tuple[int, ...]]
+) -> tuple[str, tuple[tuple[int, ...], ...]]:
+    """What `jnp.einsum` accepts, in the form the planner takes: ellipses expanded (an
+    implicit output keeps them, as numpy does), the output written out, and size-1
+    dimensions that broadcast against a larger size dropped from their operand.
+
+    Returns:
+      (spec without "..." and with "->", the axes to squeeze from each operand).
+
+    Raises:
+      ValueError: naming what is wrong (no operands, an operand count that does not match,
+        characters that are not modes, too few dimensions for an ellipsis term).
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"spec must be a string, got {type(spec).__name__}")
+    if not shapes:
+        raise ValueError(f"contract needs at least one operand (spec {spec!r})")
+    body = spec.replace(" ", "")
+    conv_part = ""
+    if "|" in body:
+        body, conv_part = body.split("|", 1)
+    if body.count("->") > 1:
+        raise ValueError(f"spec {spec!r} has more than one '->'")
+    lhs, arrow, output = body.partition("->")
+    output = output if arrow else None
+    terms = lhs.split(",")
+    if len(terms) != len(shapes):
+        raise ValueError(
+            f"spec {spec!r} names {len(terms)} operand{'s' * (len(terms) != 1)} but "
+            f"{len(shapes)} were given "
+            f"(shapes {list(shapes)})"
+        )
+    for t in terms + ([output] if output is not None else []):
+        bad = sorted({c for c in t.replace("...", "") if not _is_mode(c)})
+        if bad:
+            raise ValueError(
+                f"spec {spec!r}: modes must be letters (any alphabet) or '...', found {bad}"
+            )
+    if any("..." in t for t in terms) or (output and "..." in output):
+        if conv_part:
+            raise ValueError(f"spec {spec!r}: '...' cannot be combined with convolved modes")
+        terms, output, _ = _expand_ellipsis(terms, output, [len(s) for s in shapes])
+    elif output is None and not conv_part:
+        output = _implicit_output(terms)
+    squeeze: list[tuple[int, ...]] = [() for _ in shapes]
+    if len(terms) > 1:
+        largest: dict[str, int] = {}
+        for t, shape in zip(terms, shapes, strict=True):
+            if len(t) == len(shape):
+                for c, n in zip(t, shape, strict=True):
+                    largest[c] = max(largest.get(c, 1), n)
+        conv = set(conv_part)
+        for i, (t, shape) in enumerate(zip(terms, shapes, strict=True)):
+            if len(t) != len(shape):
+                continue  # _parse names the mismatch
+            drop = tuple(
+                a
+                for a, (c, n) in enumerate(zip(t, shape, strict=True))
+                if n == 1 and largest[c] > 1 and c not in conv and t.count(c) == 1
+            )
+            if drop:
+                squeeze[i] = drop
+                terms[i] = "".join(c for a, c in enumerate(t) if a not in drop)
+    out = "" if output is None else "->" + output
+    conv = "|" + conv_part if conv_part else ""
+    return ",".join(terms) + out + conv, tuple(squeeze)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive_ints(name: str, value: Any, conv_modes: Sequence[str]) -> tuple[int, ...]:
+    """strides / dilation: an int >= 1, or one per convolved mode (sequence or dict)."""
+    per_mode = _normalize_per_mode(name, value, conv_modes, 1)
+    for m, v in zip(conv_modes, per_mode, strict=True):
+        if not _is_int(v) or int(v) < 1:
+            raise ValueError(
+                f"{name}={value!r}: mode {m!r} needs an int >= 1, got {v!r} ({type(v).__name__})"
+            )
+    return tuple(int(v) for v in per_mode)
+
+
+def _paddings(padding: Any, conv_modes: Sequence[str]) -> tuple[Any, ...]:
+    """padding: "VALID"/"SAME"/"SAME_LOWER", an int, a (low, high) pair (with one convolved
+    mode), or one of those per convolved mode (sequence or dict)."""
+    if padding is None or isinstance(padding, str) or _is_int(padding):
+        per_mode = tuple((padding or "VALID") for _ in conv_modes)
+    elif (
+        len(conv_modes) == 1
+        and isinstance(padding, Sequence)
+        and len(padding) == 2
+        and not any(isinstance(p, (str, Sequence)) for p in padding)
+    ):
+        per_mode = (tuple(padding),)
+    else:
+        per_mode = _normalize_per_mode("padding", padding, conv_modes, "VALID")
+    for m, p in zip(conv_modes, per_mode, strict=True):
+        pair = isinstance(p, Sequence) and not isinstance(p, str)
+        ok = (
+            (isinstance(p, str) and p.upper() in ("VALID", "SAME", "SAME_LOWER"))
+            or _is_int(p)
+            or (pair and len(p) == 2 and all(_is_int(q) for q in p))
+        )
+        if not ok:
+            raise ValueError(
+                f"padding={padding!r}: mode {m!r} needs 'VALID', 'SAME', 'SAME_LOWER', an int "
+                f"or a (low, high) pair of ints, got {p!r}"
+            )
+    return per_mode
 
 
 def _normalize_per_mode(name: str, value: Any, conv_modes: Sequence[str], default: Any):
@@ -200,8 +337,10 @@ def _normalize_per_mode(name: str, value: Any, conv_modes: Sequence[str], defaul
                 f"(convolved modes: {list(conv_modes)})"
             )
         return tuple(value.get(m, default) for m in conv_modes)
-    if isinstance(value, (int, np.integer, str)):
+    if isinstance(value, (int, np.integer, str, float)):
         return tuple(value for _ in conv_modes)
+    if not isinstance(value, Sequence):
+        raise ValueError(f"{name}={value!r}: give one value or one per convolved mode")
     value = tuple(value)
     if len(value) != len(conv_modes):
         raise ValueError(
@@ -256,7 +395,7 @@ def _parse(
         lhs, output = body.split("->", 1)
     else:
         lhs, output = body, None
-    terms = lhs.split(",") if lhs else []
+    terms = lhs.split(",")
     if len(terms) != len(shapes):
         raise ValueError(
             f"spec {spec!r} names {len(terms)} operands but {len(shapes)} were given "
@@ -265,11 +404,11 @@ def _parse(
     if any("..." in t for t in terms) or (output and "..." in output):
         terms, output, _ = _expand_ellipsis(terms, output, [len(s) for s in shapes])
     for t in terms + ([output] if output is not None else []):
-        bad = set(t) - _LETTERS
+        bad = {c for c in t if not _is_mode(c)}
         if bad:
             raise ValueError(f"spec {spec!r}: modes must be letters, found {sorted(bad)}")
     conv_modes = tuple(conv_part)
-    if len(set(conv_modes)) != len(conv_modes) or set(conv_modes) - _LETTERS:
+    if len(set(conv_modes)) != len(conv_modes) or not all(_is_mode(c) for c in conv_modes):
         raise ValueError(f"spec {spec!r}: modes after '|' must be distinct letters")
     for i, (t, shape) in enumerate(zip(terms, shapes, strict=True)):
         if len(t) != len(shape):
@@ -337,14 +476,9 @@ def _parse(
     signal = -1
     geometry = []
     if conv_modes:
-        strides_t = _normalize_per_mode("strides", strides, conv_modes, 1)
-        dil_t = _normalize_per_mode("dilation", dilation, conv_modes, 1)
-        if isinstance(padding, str) or padding is None:
-            pad_t = tuple((padding or "VALID") for _ in conv_modes)
-        elif isinstance(padding, (int, np.integer)):
-            pad_t = tuple(padding for _ in conv_modes)
-        else:
-            pad_t = _normalize_per_mode("padding", padding, conv_modes, "VALID")
+        strides_t = _positive_ints("strides", strides, conv_modes)
+        dil_t = _positive_ints("dilation", dilation, conv_modes)
+        pad_t = _paddings(padding, conv_modes)
         for m, st, dl, pd in zip(conv_modes, strides_t, dil_t, pad_t, strict=True):
             holders = [i for i, t in enumerate(terms) if m in t]
             if len(holders) != 2:
@@ -1161,6 +1295,11 @@ def contract_path(
     shapes, dtypes = (
         zip(*(_shape_and_dtype(x) for x in operands), strict=True) if operands else ((), ())
     )
+    spec, squeeze = canonical_spec(spec, tuple(shapes))
+    shapes = [
+        tuple(n for a, n in enumerate(shape) if a not in axes)
+        for shape, axes in zip(shapes, squeeze, strict=True)
+    ]
     _, plan, _, _ = _get_plan(
         spec,
         tuple(shapes),
@@ -1190,20 +1329,40 @@ def contract(
 ) -> jax.Array:
     """Generalised einsum whose modes after `|` are convolved.
 
+    Anything `jnp.einsum` takes works the same (ellipses, implicit outputs, size-1
+    broadcasting, modes from any alphabet, scalars).
+
     Examples:
-      `contract("ij,jk->ik", a, b)` is `a @ b`;
-      `contract("bhws,hwst->bhwt|hw", x, w, padding="SAME")` is an NHWC conv layer;
-      an RCP conv layer with 3 channel modes is one call:
-      `contract("bhwxyz,ruax,rvby,rwcz,rhw->bhwuvw|hw", x, c1, c2, c3, c0)`... (see docs).
+      >>> import jax.numpy as jnp
+      >>> a, b = jnp.ones((2, 3)), jnp.ones((3, 4))
+      >>> contract("ij,jk->ik", a, b).shape  # a @ b
+      (2, 4)
+      >>> x, w = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 5))
+      >>> contract("bhws,hwst->bhwt|hw", x, w, padding="SAME").shape  # an NHWC conv layer
+      (1, 8, 8, 5)
+
+      An RCP conv layer with 3 channel modes (input modes x, y, z; output modes u, v, t;
+      CP rank r) is one call:
+
+      >>> x = jnp.ones((1, 8, 8, 2, 2, 2))
+      >>> c1, c2, c3 = jnp.ones((2, 2, 4)), jnp.ones((2, 2, 4)), jnp.ones((2, 2, 4))
+      >>> c0 = jnp.ones((3, 3, 4))
+      >>> spec = "bhwxyz,uxr,vyr,tzr,hwr->bhwuvt|hw"
+      >>> contract(spec, x, c1, c2, c3, c0, padding="SAME").shape
+      (1, 8, 8, 2, 2, 2)
+      >>> contract("...a,...b", jnp.ones((5, 4, 2)), jnp.ones((5, 4, 3))).shape
+      (5, 4, 2, 3)
 
     Args:
       spec: `"in1,in2,...->out|conv"`; modes are single letters, `...` is allowed when no
         mode is convolved; the output may be omitted for pure einsum specs.
       *operands: arrays whose dimensions match the terms of `spec`.
-      padding: "VALID", "SAME", an int, a (low, high) pair, or one of these per convolved
-        mode (a sequence in the order written after `|`, or a dict keyed by mode).
-      strides: int, or one per convolved mode (sequence or dict); default 1.
-      dilation: filter dilation, int or one per convolved mode; default 1.
+      padding: "VALID", "SAME", "SAME_LOWER", an int, or one of these or a (low, high) pair
+        per convolved mode (a sequence in the order written after `|`, or a dict keyed by
+        mode); with one convolved mode a (low, high) pair may be given directly. (With two
+        convolved modes, (1, 2) means 1 for the first mode and 2 for the second.)
+      strides: int >= 1, or one per convolved mode (sequence or dict); default 1.
+      dilation: filter dilation, int >= 1 or one per convolved mode; default 1.
       optimize: "cost" (cost model of FLOPs and memory traffic, default), "flops"
         (FLOP-optimal), "naive" (left to right), "autotune" (time the candidates once and
         cache the winner), or an explicit opt_einsum-format path.
@@ -1225,6 +1384,10 @@ def contract(
             common = jnp.result_type(*arrays)
             arrays = [x if x.dtype == common else x.astype(common) for x in arrays]
         shapes = tuple(tuple(int(n) for n in x.shape) for x in arrays)
+        spec, squeeze = canonical_spec(spec, shapes)
+        if any(squeeze):  # size-1 dimensions that broadcast
+            arrays = [jnp.squeeze(x, axes) if axes else x for x, axes in zip(arrays, squeeze)]
+            shapes = tuple(tuple(int(n) for n in x.shape) for x in arrays)
         dtypes = tuple(np.dtype(x.dtype).name for x in arrays)
         cache = autotune_cache or os.environ.get("TNJAX_AUTOTUNE_CACHE") or None
         problem, plan, raw_terms, clean_terms = _get_plan(
