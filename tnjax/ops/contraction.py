@@ -1386,7 +1386,9 @@ def contract(
         shapes = tuple(tuple(int(n) for n in x.shape) for x in arrays)
         spec, squeeze = canonical_spec(spec, shapes)
         if any(squeeze):  # size-1 dimensions that broadcast
-            arrays = [jnp.squeeze(x, axes) if axes else x for x, axes in zip(arrays, squeeze)]
+            arrays = [
+                jnp.squeeze(x, axes) if axes else x for x, axes in zip(arrays, squeeze, strict=True)
+            ]
             shapes = tuple(tuple(int(n) for n in x.shape) for x in arrays)
         dtypes = tuple(np.dtype(x.dtype).name for x in arrays)
         cache = autotune_cache or os.environ.get("TNJAX_AUTOTUNE_CACHE") or None
