@@ -35,6 +35,43 @@ def as_float_array(x: ArrayLike) -> jax.Array:
     return x
 
 
+def dense_tensor(x: ArrayLike, what: str) -> jax.Array:
+    """`x` as a float array, checked before any decomposition touches it.
+
+    Concrete inputs are checked on the host: an empty dimension, complex values and
+    non-finite entries (which would make the CPU SVD hang or every factor NaN) are named
+    errors. Traced inputs (inside `jit`) cannot be inspected and pass unchecked.
+
+    Raises:
+      ValueError: naming the empty dimension, the complex dtype, or the count and first
+        position of the NaN/Inf entries.
+    """
+    x = jnp.asarray(x)
+    if any(n == 0 for n in x.shape):
+        raise ValueError(
+            f"{what}: dimension {[n for n in x.shape].index(0)} of the tensor of shape "
+            f"{tuple(x.shape)} is empty; there is nothing to decompose"
+        )
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise ValueError(
+            f"{what}: complex input ({x.dtype}) is not supported; decompose the real and "
+            "imaginary parts separately (or stack them as one more mode)"
+        )
+    x = as_float_array(x)
+    if not isinstance(x, jax.core.Tracer):
+        host = np.asarray(x)
+        bad = ~np.isfinite(host)
+        count = int(bad.sum())
+        if count:
+            first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), host.shape))
+            raise ValueError(
+                f"{what}: the tensor of shape {tuple(x.shape)} has {count} non-finite "
+                f"value(s) (NaN or Inf), the first at index {first} ({host[first]}); "
+                "clean the input before decomposing"
+            )
+    return x
+
+
 def default_key(key: jax.Array | None) -> jax.Array:
     return jax.random.key(0) if key is None else key
 
@@ -224,7 +261,7 @@ def dense_input(x: ArrayLike, rank: Any, rtol: Any, what: str, num_ranks: Any) -
       what: the function's name for messages (e.g. "tt.from_dense").
       num_ranks: how many ranks a tuple `rank` has, given ndim d (for the message).
     """
-    x = as_float_array(x)
+    x = dense_tensor(x, what)
     d = x.ndim
     if d < 1:
         raise ValueError(f"{what}: needs ndim >= 1, got shape {x.shape}.")

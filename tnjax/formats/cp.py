@@ -229,7 +229,7 @@ def from_dense(
         `x` has fewer than 2 modes.
     """
     with jax.named_scope("tnjax.formats.cp.from_dense"):
-        x = _common.as_float_array(x)
+        x = _common.dense_tensor(x, "cp.from_dense")
         if rtol is not None:
             raise ValueError(
                 "cp.from_dense: CP has no tolerance-based rank; pass rank=R instead of rtol."
@@ -268,23 +268,33 @@ def from_dense(
             return tuple(factors), weights, err
 
         def cond(state):
-            i, _, _, _, change = state
+            i, _, _, _, change, _ = state
             return (i < n_iter_max) & (change >= tol)
 
         def body(state):
-            i, factors, _, err, _ = state
+            i, factors, _, err, _, best = state
             factors, weights, new_err = sweep(factors)
-            return i + 1, factors, weights, new_err, jnp.abs(err - new_err)
+            # keep the best sweep: ALS with a singular Gram matrix can step away from it
+            better = new_err < best[2]
+            best = jax.tree.map(
+                lambda new, old: jnp.where(better, new, old), (factors, weights, new_err), best
+            )
+            return i + 1, factors, weights, new_err, jnp.abs(err - new_err), best
 
-        init_state = (
-            jnp.asarray(0, jnp.int32),
-            tuple(_normalize_columns(f)[0] for f in factors),
-            jnp.ones((rank,), dtype),
-            jnp.asarray(jnp.inf, dtype),
-            jnp.asarray(jnp.inf, dtype),
-        )
-        _, factors, weights, _, _ = jax.lax.while_loop(cond, body, init_state)
-        return CP(weights, factors)
+        start = tuple(_normalize_columns(f)[0] for f in factors)
+        ones = jnp.ones((rank,), dtype)
+        inf = jnp.asarray(jnp.inf, dtype)
+        init_state = (jnp.asarray(0, jnp.int32), start, ones, inf, inf, (start, ones, inf))
+        *_, (factors, weights, _) = jax.lax.while_loop(cond, body, init_state)
+        return CP(_best_scale(x, CP(weights, factors)) * weights, factors)
+
+
+def _best_scale(x: jax.Array, approx: CP) -> jax.Array:
+    """The scalar c minimising ||x - c approx|| (0 for a zero approximation): applied to the
+    weights, the result is never further from x than the zero tensor is."""
+    x_hat = to_dense(approx)
+    norm2 = jnp.sum(x_hat * x_hat)
+    return jnp.where(norm2 > 0, jnp.sum(x * x_hat) / jnp.where(norm2 > 0, norm2, 1.0), 0.0)
 
 
 # --------------------------------------------------------------------------- as a layer weight

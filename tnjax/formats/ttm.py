@@ -212,7 +212,7 @@ def from_dense(
     """
     with jax.named_scope("tnjax.formats.ttm.from_dense"):
         row_modes, col_modes = _check_modes(row_modes, col_modes, "ttm.from_dense")
-        w = _common.as_float_array(matrix)
+        w = _common.dense_tensor(matrix, "ttm.from_dense")
         d = len(row_modes)
         m, n = math.prod(row_modes), math.prod(col_modes)
         if w.shape != (m, n) and w.shape != row_modes + col_modes:

@@ -127,10 +127,12 @@ def truncated_svd(
       ``(U (m, k), S (k,), Vt (k, n))`` with `S` in descending order.
 
     Raises:
-      ValueError: if `matrix` is not 2-D, `rank` < 1 or `method` is unknown.
+      ValueError: if `matrix` is not 2-D or empty, `rank` < 1 or `method` is unknown.
     """
     with jax.named_scope("tnjax.ops.linalg.truncated_svd"):
         a = _as_matrix(matrix, "truncated_svd")
+        if 0 in a.shape:
+            raise ValueError(f"truncated_svd: the matrix of shape {a.shape} is empty.")
         rank = _check_rank(rank, a.shape, "truncated_svd")
         if method not in _METHODS:
             raise ValueError(f"truncated_svd: method must be one of {_METHODS}, got {method!r}.")
