@@ -10,7 +10,17 @@ GFLOP/s and a streaming copy's GB/s, measured in the same run). With `--peers`, 
 TensorLy-Torch / TensorLy rows of `scripts/bench_peers.py` (when torch is installed).
 
     python scripts/bench.py [--reps 10] [--only linear,conv,embed,train] [--peers] \\
-        [--out docs/results/bench.json]      # also writes docs/results/bench.md
+        [--processes 3] [--out docs/results/bench.json]   # also writes docs/results/bench.md
+
+The harness guards itself:
+* `--processes N` (default 3) runs the suite in N separate processes, one after the other,
+  and reports each ratio's median with its spread (min-max over the processes), never one
+  process's number alone;
+* every process measures the roofline (matmul GFLOP/s, copy GB/s) before and after its
+  cases; a drift above 15% (or processes that disagree by more) marks the run as taken on
+  a busy machine;
+* every dense baseline's forward+backward / forward time ratio is printed and flagged
+  when implausible (outside 1.5-6x: a backward pass costs about twice a forward).
 
 A benchmark, not a test: nothing here asserts on time.
 """
@@ -22,7 +32,9 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -48,6 +60,9 @@ LINEAR_CASES = {
 }
 CONV_FORMATS = ("cp", "tucker", "tt", "tr", "rcp", "rtk", "rtt", "rtr")
 CONV_CASE = (128, 32, 64, 64, 3)  # batch, H = W, in, out, kernel
+DENSE_BWD_RANGE = (1.5, 6.0)  # plausible dense forward+backward / forward time ratios
+ROOFLINE_DRIFT = 0.15  # relative change of the roofline that marks a busy machine
+BUSY_LOAD = 0.5  # 1-minute load average per CPU, before a process starts, that marks it busy
 EMBED_CASE = (10_131_227, 128, (200, 220, 250), (4, 4, 8), 16, 4096)
 
 
@@ -90,6 +105,18 @@ def roofline(reps: int) -> dict[str, float]:
         "matmul_gflops": 2 * n**3 / t["matmul"] / 1e9,
         "copy_gbytes_per_s": 2 * big.size * 4 / t["copy"] / 1e9,  # read + write
     }
+
+
+def dense_check(times: dict[str, float]) -> dict:
+    """The dense baseline's forward+backward / forward ratio and whether it is plausible."""
+    ratio = times["dense fwd+bwd"] / times["dense fwd"]
+    lo, hi = DENSE_BWD_RANGE
+    return {"dense_bwd_over_fwd": ratio, "dense_plausible": lo <= ratio <= hi}
+
+
+def drift(before: dict[str, float], after: dict[str, float]) -> float:
+    """The largest relative change between two roofline measurements."""
+    return max(abs(after[k] - before[k]) / before[k] for k in before)
 
 
 # --------------------------------------------------------------------------- cases
@@ -136,6 +163,7 @@ def linear_case(name: str, reps: int) -> dict:
         "times_ms": {k: v * 1e3 for k, v in times.items()},
         "fwd_ratio": times["tnjax fwd"] / times["dense fwd"],
         "fwd_bwd_ratio": times["tnjax fwd+bwd"] / times["dense fwd+bwd"],
+        **dense_check(times),
         "einsum_fwd_ratio": times["jnp.einsum fwd"] / times["dense fwd"],
         "einsum_fwd_bwd_ratio": times["jnp.einsum fwd+bwd"] / times["dense fwd+bwd"],
         "path": plan.chosen,
@@ -170,6 +198,7 @@ def conv_case(fmt: str, reps: int) -> dict:
         "times_ms": {k: v * 1e3 for k, v in times.items()},
         "fwd_ratio": times["tnjax fwd"] / times["dense fwd"],
         "fwd_bwd_ratio": times["tnjax fwd+bwd"] / times["dense fwd+bwd"],
+        **dense_check(times),
         "path": cost["path"],
         "flops_ratio": cost["flops"] / cost["dense_flops"],
         "ranks": list(cost["ranks"]),
@@ -314,12 +343,121 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key(row: dict) -> tuple[str, str]:
+    return row["case"], row["format"]
+
+
+def aggregate(results: list[dict]) -> dict:
+    """Per (case, format): every ratio's median and (min, max) over the processes."""
+    out = {}
+    for row in results[0]["rows"]:
+        runs = [r for res in results for r in res["rows"] if _key(r) == _key(row)]
+        stats = {}
+        for name in ("fwd_ratio", "fwd_bwd_ratio", "ratio", "dense_bwd_over_fwd"):
+            values = [r[name] for r in runs if name in r]
+            if values:
+                stats[name] = {
+                    "median": float(np.median(values)),
+                    "min": float(min(values)),
+                    "max": float(max(values)),
+                }
+        stats["dense_plausible"] = all(r.get("dense_plausible", True) for r in runs)
+        stats["rows"] = runs
+        out["/".join(_key(row))] = stats
+    return out
+
+
+def busy_report(results: list[dict]) -> dict:
+    """Roofline drift within each process and across processes."""
+    within = [res["roofline_drift"] for res in results]
+    firsts = [res["roofline"] for res in results]
+    across = max(drift(firsts[0], f) for f in firsts) if len(firsts) > 1 else 0.0
+    worst = max(max(within), across)
+    # a steady background load slows before and after alike: the load average tells
+    loads = [res.get("meta", {}).get("load_per_cpu", 0.0) for res in results]
+    busy = worst > ROOFLINE_DRIFT or max(loads) > BUSY_LOAD
+    return {"within": within, "across": across, "load_per_cpu": loads, "busy": busy}
+
+
+def _spread(stats: dict, name: str) -> str:
+    s = stats.get(name)
+    if s is None:
+        return "-"
+    return f"**{s['median']:.3f}x** [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def markdown_spread(meta: dict, results: list[dict], agg: dict, busy: dict) -> str:
+    roofs = [res["roofline"] for res in results] + [res["roofline_after"] for res in results]
+    gf = [r["matmul_gflops"] for r in roofs]
+    gb = [r["copy_gbytes_per_s"] for r in roofs]
+    lines = [
+        f"Machine: {meta['machine']}, {meta['cpu_count']} CPUs, backend {meta['backend']}, "
+        f"jax {meta['jax']}; {len(results)} separate processes of {meta['reps']} interleaved "
+        f"rounds each; ratios are the median over the processes [min-max]. Roofline before "
+        f"and after each process: matmul {min(gf):.1f}-{max(gf):.1f} GFLOP/s, copy "
+        f"{min(gb):.1f}-{max(gb):.1f} GB/s; largest drift {max(busy['within']):.0%} within a "
+        f"process, {busy['across']:.0%} across processes; load average per CPU before each "
+        f"process {', '.join(f'{x:.2f}' for x in busy['load_per_cpu'])}"
+        + (" -- **BUSY MACHINE: do not publish these ratios**." if busy["busy"] else "."),
+        "",
+        "| case | format | fwd ratio | fwd+bwd ratio | dense fwd+bwd / fwd | dense ms fwd "
+        "(fwd+bwd) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, stats in agg.items():
+        case, fmt = key.split("/", 1)
+        row = stats["rows"][0]
+        t = row["times_ms"]
+        if "fwd_ratio" in stats:
+            d = stats["dense_bwd_over_fwd"]
+            flag = "" if stats["dense_plausible"] else " **implausible**"
+            dense = f"{t['dense fwd']:.3f} ({t['dense fwd+bwd']:.3f})"
+            lines.append(
+                f"| {case} | {fmt} | {_spread(stats, 'fwd_ratio')} | "
+                f"{_spread(stats, 'fwd_bwd_ratio')} | {d['median']:.2f}x "
+                f"[{d['min']:.2f}-{d['max']:.2f}]{flag} | {dense} |"
+            )
+        elif "ratio" in stats:
+            lines.append(f"| {case} | {fmt} | - | {_spread(stats, 'ratio')} (train step) | - | - |")
+        else:
+            lines.append(f"| {case} | {fmt} | - | {t['tnjax fwd+bwd']:.3f} ms | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def repeated(args: argparse.Namespace, meta: dict) -> dict:
+    """Runs the suite in `args.processes` separate processes and aggregates them."""
+    passed = [f"--reps={args.reps}", f"--only={args.only}"] + (["--peers"] if args.peers else [])
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = os.path.join(tmp, f"run{i}.json")
+            cmd = [sys.executable, __file__, *passed, "--processes=1", f"--out={out}"]
+            print(f"process {i + 1}/{args.processes}: {' '.join(cmd[1:])}", flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                results.append(json.load(f))
+    agg = aggregate(results)
+    busy = busy_report(results)
+    table = markdown_spread(meta, results, agg, busy)
+    print(table)
+    result = {"meta": meta, "processes": results, "aggregate": agg, "busy": busy}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(table)
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--only", default="linear,conv,embed,train")
     parser.add_argument("--peers", action="store_true")
     parser.add_argument("--out", default="", help="JSON path (a .md table is written beside)")
+    parser.add_argument(
+        "--processes", type=int, default=3, help="separate processes to repeat the suite in"
+    )
     args = parser.parse_args(argv)
     parts = set(args.only.split(","))
     unknown = parts - {"linear", "conv", "embed", "train"}
@@ -332,9 +470,13 @@ def main(argv=None) -> dict:
         "jax": jax.__version__,
         "reps": args.reps,
         "date": time.strftime("%Y-%m-%d"),
+        "load_per_cpu": os.getloadavg()[0] / (os.cpu_count() or 1),
         "command": "python scripts/bench.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    if args.processes > 1:
+        return repeated(args, meta)
+    before = roofline(args.reps)
     rows = []
     if "linear" in parts:
         rows += [linear_case(name, args.reps) for name in LINEAR_CASES]
@@ -344,7 +486,9 @@ def main(argv=None) -> dict:
         rows.append(embed_case(args.reps))
     if "train" in parts:
         rows += train_step_cases(max(3, args.reps // 2))
-    result = {"meta": meta, "roofline": roofline(args.reps), "rows": rows}
+    result = {"meta": meta, "roofline": before, "rows": rows}
+    result["roofline_after"] = roofline(args.reps)
+    result["roofline_drift"] = drift(before, result["roofline_after"])
     if args.peers:
         import bench_peers
 
