@@ -8,7 +8,8 @@ Runs, one after the other (each resumes from its workdir, finished ones are reus
    RUNS/dense as the teacher, in RUNS/compress_FORMAT_RATE;
 3. the Bayesian TT-matrix ViT (configs/bayes_vit.py) in RUNS/bayes_ttm.
 
-    python scripts/vit_table.py [--runs runs/vit] [--formats ttm,tucker,cp] [--rates 0.1,0.05]
+    python scripts/vit_table.py [--runs runs/vit] [--formats ttm,tucker,cp] [--rates 0.1,0.05] \
+        [--bayes_epochs 8]
 
 About 2 hours on 2 CPU cores (dense 25 min, each compression 8-12 min, Bayes 30 min).
 """
@@ -160,11 +161,13 @@ def _markdown(out: dict) -> str:
             "",
             "## Bayesian rank determination (TT-matrix)",
             "",
-            "    python -m experiments.main --config=configs/bayes_vit.py --workdir=RUNS/bayes_ttm",
+            f"    python -m experiments.main --config=configs/bayes_vit.py:epochs={b['epochs']:g} "
+            "--workdir=RUNS/bayes_ttm",
             "",
             "Every attention/MLP weight a TT-matrix at max rank 16, trained from scratch with the",
-            "configs/vit.py recipe plus a half-Cauchy rank prior (MAP, prior weight 1), ranks read",
-            "out (lambda > 1% of the layer's largest), pruned, then 469 steps of fine-tuning.",
+            f"configs/vit.py recipe for {b['epochs']:g} epochs plus a half-Cauchy rank prior (MAP,",
+            "prior weight 1), ranks read out (lambda > 1% of the layer's largest), pruned, then",
+            "469 steps of fine-tuning.",
             "",
             "| tensorized params before -> after pruning | x smaller than dense (524,288) | "
             "acc. before pruning | after pruning | after fine-tuning | gap to dense | "
@@ -191,6 +194,9 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--rates", default=",".join(str(r) for r in RATES))
     parser.add_argument("--skip_bayes", action="store_true")
+    parser.add_argument(
+        "--bayes_epochs", type=float, default=8.0, help="epochs of the Bayesian run (CPU budget)"
+    )
     parser.add_argument("--quick", action="store_true", help="the configs' quick variants")
     parser.add_argument("--out", default=os.path.join(ROOT, "docs", "results", "vit"))
     args = parser.parse_args()
@@ -212,9 +218,10 @@ def main() -> None:
             out["compressed"].append(_compressed_row(fmt, rate, s))
             _write(out, args.out)
     if not args.skip_bayes:
-        s = _run("configs/bayes_vit.py" + quick, os.path.join(runs, "bayes_ttm"))
+        bayes_arg = "quick" if args.quick else f"epochs={args.bayes_epochs:g}"
+        s = _run(f"configs/bayes_vit.py:{bayes_arg}", os.path.join(runs, "bayes_ttm"))
         dense_params = out["compressed"][0]["dense_params"] if out["compressed"] else 524288
-        out["bayes"] = _bayes_row(s, dense_params)
+        out["bayes"] = {**_bayes_row(s, dense_params), "epochs": args.bayes_epochs}
     _write(out, args.out)
 
 
