@@ -16,7 +16,9 @@ def test_bench_linear_and_embed_rows_and_report(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "LINEAR_CASES", {"ttm_small_B8": (8, (4, 4), (4, 4), 2)})
     monkeypatch.setattr(bench, "EMBED_CASE", (1000, 16, (10, 10, 10), (2, 2, 4), 4, 64))
     out = tmp_path / "bench.json"
-    result = bench.main(["--reps", "1", "--only", "linear,embed", "--out", str(out)])
+    result = bench.main(
+        ["--reps", "1", "--only", "linear,embed", "--processes", "1", "--out", str(out)]
+    )
     linear, embed = result["rows"]
     assert linear["case"] == "ttm_small_B8" and linear["params"] < linear["dense_params"]
     for key in ("fwd_ratio", "fwd_bwd_ratio", "einsum_fwd_ratio", "einsum_fwd_bwd_ratio"):
