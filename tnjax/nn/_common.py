@@ -228,6 +228,13 @@ class TensorLayer(nnx.Module):
         return layer
 
     @staticmethod
+    def _options_of(layer: nnx.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The dtype, param_dtype and precision of the Flax `layer` being converted,
+        overridden by the converter's `kwargs`."""
+        taken = {k: getattr(layer, k) for k in ("dtype", "param_dtype", "precision")}
+        return {**taken, **kwargs}
+
+    @staticmethod
     def _initial_cores(
         layout: Layout, dense: jax.typing.ArrayLike, rngs: nnx.Rngs, decompose: bool
     ) -> list[jax.Array]:
@@ -261,4 +268,6 @@ class TensorLayer(nnx.Module):
     @staticmethod
     def _layout_args(layout: Layout) -> tuple:
         """The subclass's positional constructor arguments that `layout` determines."""
-        raise NotImplementedError("TensorLayer is a base class; use tnjax.nn.Linear, Conv or Embed")
+        raise NotImplementedError(
+            "TensorLayer is a base class; use tnjax.nn.Linear, LinearGeneral, Einsum, Conv or Embed"
+        )

@@ -298,12 +298,7 @@ class Einsum(TensorLayer):
         with jax.named_scope("tnjax.nn.Einsum.from_einsum"):
             cores = cls._initial_cores(layout, matrix.reshape(n_in, n_out), rngs, decompose)
         bias = None if layer.bias is None else layer.bias[...]
-        kwargs = {
-            "dtype": layer.dtype,
-            "param_dtype": layer.param_dtype,
-            "precision": layer.precision,
-            **kwargs,
-        }
+        kwargs = cls._options_of(layer, kwargs)
         return cls.from_cores(
             layout,
             cores,

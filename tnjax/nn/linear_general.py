@@ -183,12 +183,7 @@ class LinearGeneral(TensorLayer):
         with jax.named_scope("tnjax.nn.LinearGeneral.from_linear_general"):
             cores = cls._initial_cores(layout, kernel.reshape(n_in, n_out), rngs, decompose)
         bias = None if layer.bias is None else layer.bias[...].reshape(-1)
-        kwargs = {
-            "dtype": layer.dtype,
-            "param_dtype": layer.param_dtype,
-            "precision": layer.precision,
-            **kwargs,
-        }
+        kwargs = cls._options_of(layer, kwargs)
         return cls.from_cores(
             layout,
             cores,
