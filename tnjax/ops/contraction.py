@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import opt_einsum
 
+from tnjax.ops.convolution import grouped_conv, resolve_impl
+
 __all__ = [
     "CostModel",
     "PathCost",
@@ -626,20 +628,45 @@ def _needs_transpose(modes: str, batch: list[str], contracted: set[str]) -> bool
     return flags != sorted(flags) and flags != sorted(flags, reverse=True)
 
 
-def _result_layout(sub: _Subsets, ma: str, mb: str, keep: set[str], a_is_signal: bool) -> str:
+def _dot_layout(ma: str, mb: str, keep: set[str]) -> str:
+    """Mode order of `_pair_dot`'s result: batch, then a's free modes, then b's."""
+    batch = [c for c in ma if c in mb and c in keep]
+    return "".join(batch + [c for c in ma if c not in mb] + [c for c in mb if c not in ma])
+
+
+def _conv_layout(ms: str, mf: str, keep: set[str], conv_modes) -> tuple[list[str], ...]:
+    """How `_pair_conv` lays out one step: (batch, spatial, groups, contracted, free_f).
+
+    batch: the signal's free modes before its first convolved mode (folded into n);
+    spatial: the convolved modes and, when that keeps at most two spatial dimensions,
+    the signal's other free modes in the signal's order (a kernel of size 1 along them),
+    so that no transpose of the signal is needed; otherwise those free modes join the batch.
+    """
+    conv = [c for c in ms if c in mf and c in conv_modes]
+    groups = [c for c in ms if c in mf and c in keep and c not in conv_modes]
+    contracted = [c for c in ms if c in mf and c not in keep and c not in conv_modes]
+    free_f = [c for c in mf if c not in ms]
+    free_s = [c for c in ms if c not in mf]
+    first = min(ms.index(c) for c in conv)
+    batch = [c for c in free_s if ms.index(c) < first]
+    inner = [c for c in ms[first:] if c in conv or c in free_s]
+    if len(inner) > max(len(conv), 2):
+        batch, inner = free_s, conv
+    return batch, inner, groups, contracted, free_f
+
+
+def _result_layout(
+    sub: _Subsets, ma: str, mb: str, keep: set[str], a_is_signal: bool, a_first: bool
+) -> str:
     """Mode order that `_execute` produces for one pairwise step (see _pair_dot/_pair_conv)."""
     ma = "".join(c for c in ma if c in keep or c in mb)
     mb = "".join(c for c in mb if c in keep or c in ma)
-    conv = [c for c in ma if c in mb and c in sub.geometry]
-    if conv:
+    if any(c in mb and c in sub.geometry for c in ma):
         if not a_is_signal:
             ma, mb = mb, ma
-        groups = [c for c in ma if c in mb and c in keep and c not in sub.geometry]
-        return "".join(
-            [c for c in ma if c not in mb] + groups + [c for c in mb if c not in ma] + conv
-        )
-    batch = [c for c in ma if c in mb and c in keep]
-    return "".join(batch + [c for c in ma if c not in mb] + [c for c in mb if c not in ma])
+        batch, inner, groups, _, free_f = _conv_layout(ma, mb, keep, sub.geometry)
+        return "".join(batch + inner + groups + free_f)
+    return _dot_layout(ma, mb, keep) if a_first else _dot_layout(mb, ma, keep)
 
 
 def _score(sub: _Subsets, path: Path, model: CostModel) -> PathCost:
@@ -671,7 +698,8 @@ def _score(sub: _Subsets, path: Path, model: CostModel) -> PathCost:
         written += w
         largest = max(largest, e)
         a_sig = p.signal >= 0 and bool(a >> p.signal & 1)
-        live.append((ab, _result_layout(sub, ma, mb, keep, a_sig)))
+        a_first = sub.elements(a) >= sub.elements(b)
+        live.append((ab, _result_layout(sub, ma, mb, keep, a_sig, a_first)))
     nsteps = len(path)
     return PathCost(
         path=path,
@@ -1033,7 +1061,7 @@ def _autotune(problem, sub, cands, scored, cache_path, precision, dtypes, spec):
         ]
         compiled, burst = {}, {}
         for path, name in distinct.items():
-            fn = functools.partial(_execute, problem, path, precision, None)
+            fn = functools.partial(_execute, problem, path, precision, None, "auto")
             compiled[name] = jax.jit(fn).lower(*operands).compile()
             jax.block_until_ready(compiled[name](*operands))
             t0 = time.perf_counter()
@@ -1079,6 +1107,8 @@ def _pair_dot(a, ma, b, mb, out_modes, precision, preferred):
     keep = set(out_modes)
     a, ma = _sum_unique(a, ma, keep | set(mb))
     b, mb = _sum_unique(b, mb, keep | set(ma))
+    if b.size > a.size:  # the larger operand's free modes lead: activations keep their layout
+        a, ma, b, mb = b, mb, a, ma
     batch = [c for c in ma if c in mb and c in keep]
     contracted = [c for c in ma if c in mb and c not in keep]
     free_a = [c for c in ma if c not in mb]
@@ -1091,51 +1121,46 @@ def _pair_dot(a, ma, b, mb, out_modes, precision, preferred):
     return y, "".join(batch + free_a + free_b)
 
 
-def _pair_conv(sig, ms, fil, mf, out_modes, geometry, precision, preferred):
-    """Convolves the signal-side operand with the filter-side one along shared conv modes."""
+def _pair_conv(sig, ms, fil, mf, out_modes, geometry, precision, preferred, conv_impl):
+    """Convolves the signal-side operand with the filter-side one along shared conv modes.
+
+    Brought to one grouped channels-last convolution (`tnjax.ops.convolution`) laid out
+    by `_conv_layout`: modes shared and kept are the groups, modes shared and dropped are
+    contracted; returns (array, modes) in the order batch + spatial + groups + free_f.
+    """
     keep = set(out_modes)
     sig, ms = _sum_unique(sig, ms, keep | set(mf))
     fil, mf = _sum_unique(fil, mf, keep | set(ms))
-    conv = [c for c in ms if c in mf and c in geometry]
-    groups = [c for c in ms if c in mf and c in keep and c not in geometry]
-    contracted = [c for c in ms if c in mf and c not in keep and c not in geometry]
-    free_s = [c for c in ms if c not in mf]
-    free_f = [c for c in mf if c not in ms]
+    batch, inner, groups, contracted, free_f = _conv_layout(ms, mf, keep, geometry)
     size_s = dict(zip(ms, sig.shape, strict=True))
     size_f = dict(zip(mf, fil.shape, strict=True))
-    n = math.prod(size_s[c] for c in free_s)
     g = math.prod(size_s[c] for c in groups)
     k = math.prod(size_s[c] for c in contracted)
     o = math.prod(size_f[c] for c in free_f)
-    lhs = jnp.transpose(sig, [ms.index(c) for c in free_s + groups + contracted + conv])
-    lhs = lhs.reshape((n, g * k) + tuple(size_s[c] for c in conv))
-    rhs = jnp.transpose(fil, [mf.index(c) for c in groups + free_f + contracted + conv])
-    rhs = rhs.reshape((g * o, k) + tuple(size_f[c] for c in conv))
-    nd = len(conv)
-    dn = jax.lax.ConvDimensionNumbers(
-        lhs_spec=tuple(range(nd + 2)), rhs_spec=tuple(range(nd + 2)), out_spec=tuple(range(nd + 2))
-    )
-    y = jax.lax.conv_general_dilated(
+    order_s = batch + inner + groups + contracted
+    lhs = sig if ms == "".join(order_s) else jnp.transpose(sig, [ms.index(c) for c in order_s])
+    lhs = lhs.reshape((math.prod(size_s[c] for c in batch), *(size_s[c] for c in inner), g, k))
+    order_f = [c for c in inner if c in mf] + groups + contracted + free_f
+    rhs = fil if mf == "".join(order_f) else jnp.transpose(fil, [mf.index(c) for c in order_f])
+    rhs = rhs.reshape((*(size_f.get(c, 1) for c in inner), g, k, o))
+    y = grouped_conv(
         lhs,
         rhs,
-        window_strides=tuple(geometry[c][2] for c in conv),
-        padding=tuple((geometry[c][4], geometry[c][5]) for c in conv),
-        rhs_dilation=tuple(geometry[c][3] for c in conv),
-        dimension_numbers=dn,
-        feature_group_count=g,
+        [geometry[c][1:] if c in mf else (1, 1, 1, 0, 0) for c in inner],  # free: kernel 1
         precision=precision,
-        preferred_element_type=preferred,
+        preferred=preferred,
+        impl=conv_impl,
     )
     out_shape = (
-        tuple(size_s[c] for c in free_s)
+        tuple(size_s[c] for c in batch)
+        + y.shape[1 : 1 + len(inner)]
         + tuple(size_s[c] for c in groups)
         + tuple(size_f[c] for c in free_f)
-        + y.shape[2:]
     )
-    return y.reshape(out_shape), "".join(free_s + groups + free_f + conv)
+    return y.reshape(out_shape), "".join(batch + inner + groups + free_f)
 
 
-def _execute(problem: _Problem, path: Path, precision, preferred, *operands):
+def _execute(problem: _Problem, path: Path, precision, preferred, conv_impl, *operands):
     geometry = {g[0]: g for g in problem.conv_geometry}
     live: list[tuple[jax.Array, str, bool]] = [
         (x, t, i == problem.signal)
@@ -1150,7 +1175,7 @@ def _execute(problem: _Problem, path: Path, precision, preferred, *operands):
         if has_conv:
             if sb:
                 a, ma, sa, b, mb, sb = b, mb, sb, a, ma, sa
-            y, my = _pair_conv(a, ma, b, mb, out_modes, geometry, precision, preferred)
+            y, my = _pair_conv(a, ma, b, mb, out_modes, geometry, precision, preferred, conv_impl)
         else:
             y, my = _pair_dot(a, ma, b, mb, out_modes, precision, preferred)
         live.append((y, my, sa or sb))
@@ -1179,12 +1204,12 @@ def _backward_path(plan: ContractionPlan) -> Path | None:
     return lean.path
 
 
-def _execute_split(problem, forward, backward, precision, preferred, *operands):
+def _execute_split(problem, forward, backward, precision, preferred, conv_impl, *operands):
     """`_execute` along `forward`, differentiated along `backward` (a `custom_vjp`: the
     backward pass recomputes the contraction along its own order and transposes that)."""
 
     def along(path):
-        return lambda *ops: _execute(problem, path, precision, preferred, *ops)
+        return lambda *ops: _execute(problem, path, precision, preferred, conv_impl, *ops)
 
     @jax.custom_vjp
     def run(*ops):
@@ -1326,6 +1351,7 @@ def contract(
     preferred_element_type: Any = None,
     cost_model: CostModel | None = None,
     autotune_cache: str | None = None,
+    conv_impl: str = "auto",
 ) -> jax.Array:
     """Generalised einsum whose modes after `|` are convolved.
 
@@ -1370,6 +1396,10 @@ def contract(
       cost_model: overrides the default `CostModel` of the backend.
       autotune_cache: JSON file path storing autotune winners across processes (also read
         from the `TNJAX_AUTOTUNE_CACHE` environment variable).
+      conv_impl: how convolution steps are lowered: "auto" (default: "gemm" on the CPU,
+        "xla" elsewhere), "xla" (`lax.conv_general_dilated`), or "gemm" (depthwise steps
+        as shifted slices, other steps with a kernel gradient of per-tap GEMMs); see
+        `tnjax.ops.convolution`. All compute the same values and derivatives.
 
     Returns:
       The contracted array with the output's modes in the order of `spec`.
@@ -1378,6 +1408,7 @@ def contract(
       ValueError: unknown or mismatched modes, shapes that do not fit the spec, a
         convolved mode not shared by exactly two operands, an invalid path.
     """
+    resolve_impl(conv_impl)  # a bad name fails here, with or without convolved modes
     with jax.named_scope("tnjax.ops.contract"):
         arrays = [jnp.asarray(x) for x in operands]
         if arrays:  # lax.dot_general/conv need one dtype; promote like jnp.einsum does
@@ -1414,7 +1445,9 @@ def contract(
             )
         backward = _backward_path(plan)
         if backward is None or not all(jnp.issubdtype(x.dtype, jnp.inexact) for x in arrays):
-            return _execute(problem, plan.path, precision, preferred_element_type, *arrays)
+            return _execute(
+                problem, plan.path, precision, preferred_element_type, conv_impl, *arrays
+            )
         return _execute_split(
-            problem, plan.path, backward, precision, preferred_element_type, *arrays
+            problem, plan.path, backward, precision, preferred_element_type, conv_impl, *arrays
         )
