@@ -132,7 +132,7 @@ def _tap_slice(xp: jax.Array, tap: tuple[int, ...], geometry: Geometry, out: tup
         [xp.shape[0]]
         + [
             s + (q - 1) * st + 1
-            for s, q, (_, st, _, _, _) in zip(start[1:], out, geometry, strict=True)
+            for s, q, (_, st, _, _, _) in zip(start[1 : 1 + d], out, geometry, strict=True)
         ]
         + list(xp.shape[1 + d :])
     )
